@@ -1,0 +1,221 @@
+"""The torch-pruning adapter: snapshot before the pruner touches the model, loss after ``step()``.
+
+Where (torch-pruning 1.6.1, see docs/integration-notes.md §2):
+
+* ``BasePruner.__init__``: every pruner class runs it (``MetaPruner`` and
+  ``MagnitudePruner`` are the same class; the regularising pruners call it through
+  ``super()``), so patching the class attribute reaches all of them, even for users
+  who imported the classes first. The reference is taken at its entry, before the
+  dependency-graph tracer runs ``model.eval()`` and before any sparse training.
+* ``DependencyGraph.build_dependency``: the same for the low-level API (a graph
+  built without a pruner). Inside a pruner's construction it only passes through.
+* ``BasePruner.step`` and ``Group.prune``: the model has been pruned, so the loss
+  may act (see :mod:`labelkeep_torch_pruning.recovery` for why it waits).
+
+The injector goes on the root module: ``step()`` replaces parameters and buffers,
+but the root module object survives, and under DDP its hooks fire inside DDP's forward.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import threading
+import weakref
+from collections.abc import Callable, Generator, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+from types import GeneratorType
+from typing import Any
+
+from torch import nn
+
+from labelkeep_plugins.adapters import PatchingAdapter
+from labelkeep_plugins.reference import unwrap_model
+from labelkeep_plugins.session import Session
+from labelkeep_torch_pruning.hooks import make_copy_safe
+from labelkeep_torch_pruning.recovery import StudentPhase
+
+LOSS_DURING_IMPORTANCE_ENV = "LABELKEEP_TP_LOSS_DURING_IMPORTANCE"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"", "0", "false", "no", "off"}
+
+
+def loss_during_importance_from_env() -> bool:
+    """``LABELKEEP_TP_LOSS_DURING_IMPORTANCE``: 1/true/yes/on, else off (the default)."""
+    value = os.environ.get(LOSS_DURING_IMPORTANCE_ENV, "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value not in _FALSE:
+        print(f"labelkeep: torch-pruning: {LOSS_DURING_IMPORTANCE_ENV}={value!r} is not one of "
+              f"1/true/yes/on or 0/false/no/off; using the default (off)", file=sys.stderr)
+    return False
+
+
+class TorchPruningAdapter(PatchingAdapter):
+    """Patches torch-pruning so the pruned model trains against labelkeep's loss.
+
+    ``loss_during_importance``: whether the loss also acts between the pruner's
+    construction and the first pruning (importance estimation, sparse training).
+    ``None`` reads ``LABELKEEP_TP_LOSS_DURING_IMPORTANCE`` when instrumenting.
+    """
+
+    name = "torch-pruning"
+    framework = "torch-pruning"
+    supported = ">=1.5,<1.7"
+    module = "torch_pruning"
+
+    def __init__(self, *, loss_during_importance: bool | None = None) -> None:
+        super().__init__()
+        self._option = loss_during_importance
+        self.loss_during_importance = False
+        self.warnings: list[str] = []
+        self._phases: weakref.WeakKeyDictionary[nn.Module, StudentPhase] = (
+            weakref.WeakKeyDictionary())
+        self._local = threading.local()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def install(self, session: Session) -> None:
+        """Patch the four entry points; a failure part-way undoes what was already patched."""
+        from torch_pruning.dependency.graph import DependencyGraph
+        from torch_pruning.dependency.group import Group
+        from torch_pruning.pruner.algorithms.base_pruner import BasePruner
+
+        self.loss_during_importance = (self._option if self._option is not None
+                                       else loss_during_importance_from_env())
+        try:
+            self._wrap_entry(BasePruner, "__init__", "BasePruner.__init__", nested=False)
+            self._wrap_entry(DependencyGraph, "build_dependency",
+                             "DependencyGraph.build_dependency", nested=True)
+            self._wrap_step(BasePruner)
+            self._wrap_group_prune(Group)
+        except BaseException:
+            self.patches.undo()
+            raise
+
+    def uninstrument(self) -> None:
+        for phase in list(self._phases.values()):
+            phase.close()
+        self._phases = weakref.WeakKeyDictionary()
+        super().uninstrument()
+
+    def phase_of(self, model: nn.Module) -> StudentPhase | None:
+        """The phase of a model this adapter has seen (for tests and diagnostics)."""
+        return self._phases.get(unwrap_model(model))
+
+    # -- patches -----------------------------------------------------------------------------
+
+    def _wrap_entry(self, owner: type, attribute: str, where: str, *, nested: bool) -> None:
+        """Reference at entry, original (traced with the injector muted), then attach and hold."""
+        original = getattr(owner, attribute)
+        adapter = self
+
+        @functools.wraps(original)
+        def entry(this: Any, model: nn.Module, *args: Any, **kwargs: Any) -> Any:
+            if adapter.session is None or (nested and adapter._constructing()):
+                return original(this, model, *args, **kwargs)
+            with adapter._before_compression(model, where):
+                result = original(this, model, *args, **kwargs)
+            adapter._after_construction(model)
+            return result
+
+        self.patches.patch(owner, attribute, entry)
+
+    def _wrap_step(self, owner: type) -> None:
+        original = owner.step
+        adapter = self
+
+        @functools.wraps(original)
+        def step(pruner: Any, *args: Any, **kwargs: Any) -> Any:
+            result = original(pruner, *args, **kwargs)
+            model = getattr(pruner, "model", None)
+            if isinstance(result, GeneratorType):  # step(interactive=True)
+                return adapter._open_when_done(result, model)
+            adapter._pruned(model)
+            return result
+
+        self.patches.patch(owner, "step", step)
+
+    def _wrap_group_prune(self, owner: type) -> None:
+        original = owner.prune
+        adapter = self
+
+        @functools.wraps(original)
+        def prune(group: Any, *args: Any, **kwargs: Any) -> Any:
+            result = original(group, *args, **kwargs)
+            adapter._pruned(getattr(getattr(group, "_DG", None), "model", None))
+            return result
+
+        self.patches.patch(owner, "prune", prune)
+
+    # -- what the patches do -----------------------------------------------------------------
+
+    @contextmanager
+    def _before_compression(self, model: nn.Module, where: str) -> Iterator[None]:
+        """Snapshot on first sight; mute an existing injector while torch-pruning traces."""
+        with ExitStack() as stack:
+            session = self.session
+            if session is not None:
+                with session.guard(self.name):
+                    session.reference_for(model, framework=self.framework, where=where)
+                    stack.enter_context(self._quiet(model))
+            self._local.depth = self._constructing() + 1
+            try:
+                yield
+            finally:
+                self._local.depth -= 1
+
+    def _quiet(self, model: nn.Module) -> AbstractContextManager[None]:
+        """The tracer's forward (eval mode, example inputs) is no evaluation batch."""
+        session = self.session
+        handle = session.handle_of(unwrap_model(model)) if session is not None else None
+        return handle.muted() if handle is not None else nullcontext()
+
+    def _after_construction(self, model: nn.Module) -> None:
+        session = self.session
+        if session is None:
+            return
+        with session.guard(self.name):
+            student = unwrap_model(model)
+            handle = session.attach(student)
+            make_copy_safe(student, handle)
+            phase = self._phases.get(student)
+            if phase is None:
+                phase = StudentPhase(handle, selector=session.config.logits, warn=self._warn,
+                                     guard=functools.partial(session.guard, self.name))
+                self._phases[student] = phase
+            phase.adopt(handle)
+            if not self.loss_during_importance:
+                phase.hold()
+
+    def _pruned(self, model: nn.Module | None) -> None:
+        session = self.session
+        if session is None or model is None:
+            return
+        with session.guard(self.name):
+            phase = self._phases.get(unwrap_model(model))
+            if phase is not None:
+                phase.open()
+
+    def _open_when_done(self, groups: Generator[Any, Any, Any],
+                        model: nn.Module | None) -> Generator[Any, Any, Any]:
+        """An interactive step counts as done when its generator is exhausted or closed."""
+        try:
+            return (yield from groups)
+        finally:
+            self._pruned(model)
+
+    def _constructing(self) -> int:
+        return getattr(self._local, "depth", 0)
+
+    def _warn(self, message: str) -> None:
+        """One stderr line through the session (its ``warn`` where the host has one)."""
+        if message in self.warnings:
+            return
+        self.warnings.append(message)
+        warn: Callable[[str, str], None] | None = getattr(self.session, "warn", None)
+        if callable(warn):
+            warn(self.name, message)
+        else:
+            print(f"labelkeep: {self.name}: {message}", file=sys.stderr)

@@ -1,0 +1,135 @@
+"""The phase of one pruned model: importance estimation (loss held back) or recovery.
+
+torch-pruning's gradient-based importances (Taylor, Hessian, OBDC) read ``.grad``
+when ``step()`` runs, and the regularising pruners steer sparse training through
+``regularize()`` before it. If labelkeep's loss were active then, it would change
+which channels are removed. By default it is held back (the injector is muted)
+from the pruner's construction until the model has been pruned; then the hold is
+released and the user's fine-tuning trains against the loss.
+
+torch-pruning's tracer also leaves the model in eval mode, so a user who forgets
+``model.train()`` fine-tunes with frozen batch-norm statistics, and labelkeep reads
+those forwards as evaluation. :class:`EvalModeWatch` notices the first backward
+through an eval-mode forward after pruning and says so once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
+
+import torch
+from torch import nn
+
+from labelkeep_plugins.config import LogitsSelector
+from labelkeep_plugins.errors import LabelkeepError
+from labelkeep_plugins.injector.attach import InjectionHandle
+from labelkeep_plugins.logits import as_logits
+from labelkeep_torch_pruning.hooks import CopySafeHook
+
+Guard = Callable[[], AbstractContextManager[None]]
+
+EVAL_MODE_MESSAGE = (
+    "the pruned model is being trained in eval mode: torch-pruning's tracer calls model.eval() "
+    "when a pruner is built (DependencyGraph._trace) and never restores the mode. Batch-norm "
+    "statistics stay frozen, and labelkeep reads eval-mode forwards as evaluation, so these "
+    "steps get no label-preserving loss. Call model.train() before fine-tuning."
+)
+
+
+class EvalModeWatch:
+    """Warn once if a backward runs through an eval-mode forward of ``model``.
+
+    A forward alone proves nothing (evaluating without ``no_grad`` is common), so a
+    gradient hook on the logits waits for an actual backward. The watch ends at the
+    first train-mode forward or after it has warned.
+    """
+
+    def __init__(self, model: nn.Module, selector: LogitsSelector,
+                 warn: Callable[[str], None], guard: Guard) -> None:
+        self._selector = selector
+        self._warn = warn
+        self._guard = guard
+        self.done = False
+        self._hook = model.register_forward_hook(CopySafeHook(self._on_forward))
+
+    def remove(self) -> None:
+        self.done = True
+        self._hook.remove()
+
+    def _on_forward(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if self.done:
+            return
+        with self._guard():
+            if module.training:
+                self.remove()
+                return
+            if not torch.is_grad_enabled():
+                return
+            try:
+                logits = as_logits(output, self._selector)
+            except LabelkeepError:
+                return
+            if logits.requires_grad:
+                logits.register_hook(self._on_backward)
+
+    def _on_backward(self, grad: torch.Tensor) -> None:
+        if not self.done:
+            self.remove()
+            self._warn(EVAL_MODE_MESSAGE)
+
+
+class StudentPhase:
+    """Holds the loss back while importance is estimated; opens it once the model is pruned."""
+
+    def __init__(self, handle: InjectionHandle, *, selector: LogitsSelector,
+                 warn: Callable[[str], None], guard: Guard) -> None:
+        self.handle = handle
+        self._selector = selector
+        self._warn = warn
+        self._guard = guard
+        self._hold: AbstractContextManager[None] | None = None
+        self._watch: EvalModeWatch | None = None
+        self.pruned = False
+
+    @property
+    def holding(self) -> bool:
+        """True while the loss is held back (importance estimation / sparse training)."""
+        return self._hold is not None
+
+    def adopt(self, handle: InjectionHandle) -> None:
+        """Follow a new handle (the old one was detached); a hold moves with it."""
+        if handle is self.handle:
+            return
+        held = self.holding
+        self.release()
+        self.handle = handle
+        if held:
+            self.hold()
+
+    def hold(self) -> None:
+        """Mute the loss until the model is pruned (a new pruner starts a new hold)."""
+        if self._hold is None:
+            hold = self.handle.muted()
+            hold.__enter__()
+            self._hold = hold
+
+    def release(self) -> None:
+        if self._hold is not None:
+            hold, self._hold = self._hold, None
+            hold.__exit__(None, None, None)
+
+    def open(self) -> None:
+        """The model was pruned: let the loss act and watch the first recovery steps."""
+        self.release()
+        self.pruned = True
+        if self._watch is None:
+            self._watch = EvalModeWatch(self.handle.student, self._selector, self._warn,
+                                        self._guard)
+
+    def close(self) -> None:
+        """Release the hold and remove the watch (at uninstrument)."""
+        self.release()
+        if self._watch is not None:
+            self._watch.remove()

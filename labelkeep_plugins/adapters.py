@@ -1,0 +1,95 @@
+"""What a framework adapter is, and the checks the host makes before it runs one.
+
+An adapter is registered through ``labelkeep_register_adapters``. Registering
+must not import the framework: the host reads the framework's installed version
+from package metadata first, and instruments the adapter only once the user's
+script imports the framework's ``module``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.version import InvalidVersion, Version
+
+from labelkeep_plugins.patching import PatchSet
+
+if TYPE_CHECKING:
+    from labelkeep_plugins.session import Session
+
+
+@runtime_checkable
+class Adapter(Protocol):
+    """The contract every adapter fulfils."""
+
+    name: str
+    """Short name users give in ``disabled_adapters`` / ``LABELKEEP_DISABLED_ADAPTERS``."""
+    framework: str
+    """The distribution it patches, as pip knows it (e.g. ``torch-pruning``)."""
+    supported: str
+    """A PEP 440 specifier of the framework versions it was verified against."""
+    module: str
+    """The module whose first import triggers :meth:`instrument`."""
+
+    def instrument(self, session: Session) -> None:
+        """Patch the framework so the session sees its models and training."""
+
+    def uninstrument(self) -> None:
+        """Undo every patch (by identity, in reverse order, only where still ours)."""
+
+
+class PatchingAdapter:
+    """A base for adapters whose work is a set of attribute patches."""
+
+    name = ""
+    framework = ""
+    supported = ""
+    module = ""
+
+    def __init__(self) -> None:
+        self.patches = PatchSet(self.name or type(self).__name__)
+        self.session: Session | None = None
+
+    def instrument(self, session: Session) -> None:
+        self.session = session
+        self.install(session)
+
+    def install(self, session: Session) -> None:
+        """Apply the patches; subclasses override."""
+        raise NotImplementedError
+
+    def uninstrument(self) -> None:
+        self.patches.undo()
+        self.session = None
+
+
+@dataclass(frozen=True)
+class Compatibility:
+    """Whether an adapter's framework is installed in a supported version."""
+
+    installed: str | None
+    ok: bool
+    reason: str
+
+
+def check_compatibility(adapter: Adapter) -> Compatibility:
+    """Read the framework's installed version from metadata (never importing it)."""
+    try:
+        installed = version(adapter.framework)
+    except PackageNotFoundError:
+        return Compatibility(None, False, f"{adapter.framework} is not installed")
+    try:
+        supported = SpecifierSet(adapter.supported)
+        ok = Version(installed) in supported
+    except (InvalidSpecifier, InvalidVersion) as exc:
+        return Compatibility(installed, False, f"cannot compare versions ({exc})")
+    if not ok:
+        return Compatibility(
+            installed,
+            False,
+            f"{adapter.framework} {installed} is outside the supported range {adapter.supported}",
+        )
+    return Compatibility(installed, True, "supported")

@@ -1,0 +1,59 @@
+"""The built-in loss terms: ce, kd, hard, logit_mse."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from labelkeep_plugins.hookspecs import hookimpl
+from labelkeep_plugins.terms import GROUND_TRUTH_TERM, LossTerm, TermInputs
+
+
+def ground_truth_ce(inputs: TermInputs) -> torch.Tensor:
+    """Cross-entropy to the labels: the recovery loss a plain script would use."""
+    assert inputs.targets is not None  # guaranteed by needs_targets
+    return F.cross_entropy(inputs.student, inputs.targets, reduction="none")
+
+
+def hinton_kd(inputs: TermInputs) -> torch.Tensor:
+    """KL(softmax(r/T) || softmax(s/T)) * T^2 per sample; its batch mean is KL 'batchmean'.
+
+    The T^2 factor keeps the term's gradient scale independent of T (Hinton et al.).
+    """
+    t = inputs.temperature
+    log_p_student = F.log_softmax(inputs.student / t, dim=1)
+    log_p_reference = F.log_softmax(inputs.reference / t, dim=1)
+    kl = F.kl_div(log_p_student, log_p_reference, reduction="none", log_target=True)
+    return kl.sum(dim=1) * (t * t)
+
+
+def hard_label_ce(inputs: TermInputs) -> torch.Tensor:
+    """Cross-entropy to the reference's predicted label: pulls the argmax, not the shape."""
+    return F.cross_entropy(inputs.student, inputs.reference.argmax(dim=1), reduction="none")
+
+
+def logit_mse(inputs: TermInputs) -> torch.Tensor:
+    """Mean squared difference of the raw logits, per sample."""
+    return (inputs.student - inputs.reference).pow(2).mean(dim=1)
+
+
+BUILTIN_TERMS: tuple[LossTerm, ...] = (
+    LossTerm(
+        GROUND_TRUTH_TERM,
+        ground_truth_ce,
+        needs_targets=True,
+        teacher=False,
+        description="cross-entropy to the ground-truth labels (the user's own loss)",
+    ),
+    LossTerm("kd", hinton_kd, description="Hinton KD: KL at temperature T, batchmean, times T^2"),
+    LossTerm("hard", hard_label_ce, description="cross-entropy to the reference's argmax label"),
+    LossTerm("logit_mse", logit_mse, description="mean squared error between logits"),
+)
+
+
+@hookimpl
+def labelkeep_register_terms(register: Callable[[LossTerm], None]) -> None:
+    for term in BUILTIN_TERMS:
+        register(term)

@@ -1,0 +1,14 @@
+"""The built-in tuners."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from labelkeep_plugins.hookspecs import hookimpl
+from labelkeep_plugins.tuners import FixedTuner
+
+
+@hookimpl
+def labelkeep_register_tuners(register: Callable[[str, Callable[..., Any]], None]) -> None:
+    register(FixedTuner.name, FixedTuner)

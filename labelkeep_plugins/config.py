@@ -1,0 +1,231 @@
+"""Configuration: one YAML file or a dict, validated into typed, frozen objects.
+
+Where it comes from, first match wins: an explicit path (``--config``), the
+``LABELKEEP_CONFIG`` environment variable, ``labelkeep.yaml`` in the working
+directory, else the defaults. Only ``yaml.safe_load`` is used. Every error names
+the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from labelkeep_plugins.errors import ConfigError
+
+CONFIG_ENV = "LABELKEEP_CONFIG"
+DEFAULT_CONFIG_FILE = "labelkeep.yaml"
+
+# Defaults measured with `labelkeep demo --seeds 5` (see README): ground truth kept at full
+# weight so the user's learning rate keeps its meaning, KD at a moderate temperature, and a
+# focal boost on samples the reference classifies correctly (the negative flips).
+DEFAULT_WEIGHTS: Mapping[str, float] = {"ce": 1.0, "kd": 1.0}
+DEFAULT_TEMPERATURE = 2.0
+DEFAULT_FOCAL_BASE = 1.0
+DEFAULT_FOCAL_SCALE = 1.0
+
+LogitsSelector = str | int | None
+
+
+@dataclass(frozen=True)
+class FocalConfig:
+    """Per-sample weight ``base + scale * 1[reference correct]`` on the teacher terms."""
+
+    base: float = DEFAULT_FOCAL_BASE
+    scale: float = DEFAULT_FOCAL_SCALE
+
+    def __post_init__(self) -> None:
+        for key in ("base", "scale"):
+            _require_non_negative(f"focal.{key}", getattr(self, key))
+        if self.base == 0 and self.scale == 0:
+            raise ConfigError(
+                "focal.base and focal.scale are both 0, which zeroes every teacher "
+                "term; set base > 0, or drop 'focal' to weight all samples equally"
+            )
+
+    @classmethod
+    def from_value(cls, value: Any) -> FocalConfig | None:
+        if value is None or value is False:
+            return None
+        if value is True:
+            return cls()
+        if isinstance(value, FocalConfig):
+            return value
+        return cls(**_checked_mapping("focal", value, {f.name for f in fields(cls)}))
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Weights of the loss terms, the KD temperature and the optional focal weights."""
+
+    weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    temperature: float = DEFAULT_TEMPERATURE
+    focal: FocalConfig | None = field(default_factory=FocalConfig)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "weights", _checked_weights(self.weights))
+        object.__setattr__(self, "focal", FocalConfig.from_value(self.focal))
+        if not _is_number(self.temperature) or not self.temperature > 0:
+            raise ConfigError(
+                f"temperature must be a number > 0, got {self.temperature!r}; "
+                f"typical values are 1 to 8 (default {DEFAULT_TEMPERATURE})"
+            )
+        object.__setattr__(self, "temperature", float(self.temperature))
+
+    @classmethod
+    def from_value(cls, value: Any) -> LossConfig:
+        if value is None:
+            return cls()
+        if isinstance(value, LossConfig):
+            return value
+        return cls(**_checked_mapping("loss", value, {f.name for f in fields(cls)}))
+
+    def with_overrides(self, **changes: Any) -> LossConfig:
+        """A copy with some fields replaced (validated again)."""
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a labelkeep run is told: the loss, how to read logits, and the run's switches."""
+
+    loss: LossConfig = field(default_factory=LossConfig)
+    logits: LogitsSelector = None
+    train_mode_only: bool = True
+    tuner: str = "fixed"
+    report: str | None = None
+    strict: bool = False
+    disabled_adapters: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "loss", LossConfig.from_value(self.loss))
+        if self.logits is not None and (
+            isinstance(self.logits, bool) or not isinstance(self.logits, str | int)
+        ):
+            raise ConfigError(
+                f"logits must be a key/attribute name or a tuple index, "
+                f"got {self.logits!r}; e.g. logits: logits  or  logits: 0"
+            )
+        for key in ("train_mode_only", "strict"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"{key} must be true or false, got {getattr(self, key)!r}")
+        if not isinstance(self.tuner, str) or not self.tuner:
+            raise ConfigError(f"tuner must be a tuner name such as 'fixed', got {self.tuner!r}")
+        if self.report is not None and not isinstance(self.report, str):
+            raise ConfigError(f"report must be a file path, got {self.report!r}")
+        adapters = self.disabled_adapters
+        if isinstance(adapters, str) or not all(isinstance(a, str) for a in adapters):
+            raise ConfigError(
+                f"disabled_adapters must be a list of adapter names, got {adapters!r}"
+            )
+        object.__setattr__(self, "disabled_adapters", tuple(adapters))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> Config:
+        """Validate a plain mapping (as read from YAML) into a :class:`Config`."""
+        if data is None:
+            return cls()
+        return cls(**_checked_mapping("the configuration", data, {f.name for f in fields(cls)}))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain mapping that :meth:`from_dict` (and the YAML file) takes back."""
+        focal = self.loss.focal
+        return {
+            "loss": {
+                "weights": dict(self.loss.weights),
+                "temperature": self.loss.temperature,
+                "focal": None if focal is None else {"base": focal.base, "scale": focal.scale},
+            },
+            "logits": self.logits,
+            "train_mode_only": self.train_mode_only,
+            "tuner": self.tuner,
+            "report": self.report,
+            "strict": self.strict,
+            "disabled_adapters": list(self.disabled_adapters),
+        }
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Read the configuration from ``path``, ``$LABELKEEP_CONFIG`` or ``./labelkeep.yaml``."""
+    chosen = path if path is not None else (os.environ.get(CONFIG_ENV) or None)
+    if chosen is None:
+        default = Path(DEFAULT_CONFIG_FILE)
+        return read_config_file(default) if default.is_file() else Config()
+    return read_config_file(Path(chosen))
+
+
+def read_config_file(path: Path) -> Config:
+    """Parse one YAML file; errors name the file (and the line, for YAML syntax errors)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise ConfigError(f"cannot read config file {str(path)!r}: {reason}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"config file {str(path)!r}{where}: invalid YAML ({problem})") from exc
+    if data is not None and not isinstance(data, Mapping):
+        raise ConfigError(
+            f"config file {str(path)!r} must hold a mapping of keys, got {type(data).__name__}"
+        )
+    try:
+        return Config.from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"config file {str(path)!r}: {exc}") from exc
+
+
+def _checked_mapping(what: str, value: Any, allowed: set[str]) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{what} must be a mapping, got {value!r}")
+    unknown = sorted(str(key) for key in value if key not in allowed)
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {', '.join(map(repr, unknown))} in {what}; "
+            f"allowed keys: {', '.join(sorted(allowed))}"
+        )
+    return dict(value)
+
+
+def _checked_weights(weights: Any) -> dict[str, float]:
+    from labelkeep_plugins.plugins import loss_terms
+
+    known = loss_terms()
+    if not isinstance(weights, Mapping) or not weights:
+        raise ConfigError(
+            f"weights must be a non-empty mapping of term name to weight, "
+            f"got {weights!r}; known terms: {', '.join(sorted(known))}"
+        )
+    checked: dict[str, float] = {}
+    for name, weight in weights.items():
+        if name not in known:
+            raise ConfigError(
+                f"unknown loss term {name!r} in weights; known terms: "
+                f"{', '.join(sorted(known))} (plugins can add more)"
+            )
+        _require_non_negative(f"weights.{name}", weight)
+        checked[name] = float(weight)
+    if not any(checked.values()):
+        raise ConfigError(
+            f"all weights are 0 ({checked}); give at least one term a weight > 0, "
+            f"e.g. ce: 1.0, kd: 1.0"
+        )
+    return checked
+
+
+def _require_non_negative(key: str, value: Any) -> None:
+    if not _is_number(value) or value < 0:
+        raise ConfigError(f"{key} must be a finite number >= 0, got {value!r}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

@@ -1,0 +1,131 @@
+"""The hooks labelkeep calls; plugins implement them with `@hookimpl`.
+
+Registries (loss terms, tuners, adapters) follow one pattern: the hook gets a
+``register`` callback and calls it once per thing it provides, so one plugin
+can provide several and the host knows which plugin provided what.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import torch
+    from torch import nn
+
+    from labelkeep_plugins.config import Config
+
+PROJECT_NAME = "labelkeep"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+@hookspec
+def labelkeep_register_terms(register: Callable[..., None]) -> None:
+    """Register loss terms.
+
+    Call ``register(term)`` with a :class:`labelkeep_plugins.terms.LossTerm` for
+    each term the plugin provides. A term's name is the key users give weights
+    under; two plugins registering one name is an error that names both.
+
+    :param register: the callback that records one term.
+    :return: nothing; every implementation is called.
+    """
+
+
+@hookspec
+def labelkeep_register_tuners(register: Callable[..., None]) -> None:
+    """Register weight tuners.
+
+    Call ``register(name, factory)`` where ``factory(config)`` returns an object
+    with ``weights()`` / ``observe(...)`` (see :mod:`labelkeep_plugins.tuners`).
+
+    :param register: the callback that records one tuner.
+    :return: nothing; every implementation is called.
+    """
+
+
+@hookspec
+def labelkeep_register_adapters(register: Callable[..., None]) -> None:
+    """Register framework adapters.
+
+    Call ``register(adapter)`` with an object that has ``name``, ``framework``
+    (the distribution it patches), ``supported`` (a version specifier),
+    ``instrument(context)`` and ``uninstrument()``. Registering must not import
+    the framework: the host checks the installed version first.
+
+    :param register: the callback that records one adapter.
+    :return: nothing; every implementation is called.
+    """
+
+
+@hookspec(historic=True)
+def labelkeep_configure(config: Config) -> None:
+    """Receive the run's validated configuration.
+
+    Historic: a plugin registered after configuration still gets the call.
+
+    :param config: the validated :class:`labelkeep_plugins.config.Config`.
+    :return: nothing; every implementation is called.
+    """
+
+
+@hookspec
+def labelkeep_reference_captured(student: nn.Module, reference: nn.Module, where: str) -> None:
+    """Learn that a frozen reference was taken for ``student``.
+
+    :param student: the model that will be compressed and trained.
+    :param reference: its frozen snapshot (never modify it).
+    :param where: a short description of the snapshot point, e.g. ``"torch_pruning.BasePruner"``.
+    :return: nothing; every implementation is called.
+    """
+
+
+@hookspec
+def labelkeep_training_step(
+    student_logits: torch.Tensor,
+    reference_logits: torch.Tensor,
+    targets: torch.Tensor | None,
+    terms: dict[str, torch.Tensor],
+) -> None:
+    """See one training forward that received the label-preserving loss.
+
+    Called once per student forward whose loss was modified, after the extra
+    terms were computed. Online tuners and meters use it; it must not modify the
+    tensors (they are detached).
+
+    :param student_logits: detached student logits, (batch, classes).
+    :param reference_logits: detached reference logits on the same inputs.
+    :param targets: ground-truth labels when the loss saw them, else None.
+    :param terms: each term's unweighted batch mean, a detached 0-dim tensor (no device sync).
+    :return: nothing; every implementation is called.
+    """
+
+
+@hookspec
+def labelkeep_evaluation_batch(
+    student_logits: torch.Tensor,
+    reference_logits: torch.Tensor,
+    targets: torch.Tensor | None,
+) -> None:
+    """See one evaluation (eval-mode or no-grad) batch of the student beside the reference.
+
+    :param student_logits: detached student logits, (batch, classes).
+    :param reference_logits: detached reference logits on the same inputs.
+    :param targets: labels when the script computed a loss on this batch, else None.
+    :return: nothing; every implementation is called.
+    """
+
+
+@hookspec
+def labelkeep_run_finished(report: dict[str, Any]) -> None:
+    """Receive the final run report (reporters write or send it).
+
+    :param report: the JSON-serialisable report of the run.
+    :return: nothing; every implementation is called.
+    """

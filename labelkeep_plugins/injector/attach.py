@@ -1,0 +1,243 @@
+"""Attach the label-preserving loss to a student whose training loop labelkeep does not own.
+
+A forward hook on the student runs the reference on the same inputs. For a
+training forward the extra terms then enter by one of two paths:
+
+* loss value: the logits reach ``cross_entropy``/``nll_loss`` (module or functional),
+  and the terms are added to that call's value (exact under any later arithmetic);
+* gradient: otherwise a tensor hook on the logits adds the terms' gradient, scaled
+  by the live GradScaler scale, and scales the user's gradient by the ``ce`` weight.
+
+Evaluation forwards (eval mode or no grad) feed the agreement meter instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from labelkeep_plugins.composer import LossComposer, check_pair
+from labelkeep_plugins.config import FocalConfig, LogitsSelector, LossConfig
+from labelkeep_plugins.injector import criterion, scaler
+from labelkeep_plugins.injector.capture import CapturedForward, ForwardRegistry
+from labelkeep_plugins.logits import as_logits
+from labelkeep_plugins.metrics import AgreementMeter
+from labelkeep_plugins.plugins import load_plugins
+from labelkeep_plugins.reference import as_reference, move_to
+
+
+@dataclass
+class InjectionStats:
+    """How often each path ran (the run report's ``training_steps_with_loss`` is their sum)."""
+
+    forwards: int = 0
+    training_forwards: int = 0
+    via_loss_value: int = 0
+    via_gradient: int = 0
+    evaluation_batches: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class InjectionHandle:
+    """The live attachment; ``detach()`` removes every hook and patch it installed."""
+
+    def __init__(self, student: nn.Module, reference: nn.Module, composer: LossComposer, *,
+                 logits: LogitsSelector = None, train_mode_only: bool = True) -> None:
+        self.student = student
+        self.reference = reference
+        self.composer = composer
+        self.logits_selector = logits
+        self.train_mode_only = train_mode_only
+        self.stats = InjectionStats()
+        self._meter = AgreementMeter()
+        self._released: list[CapturedForward] = []
+        self._registry = ForwardRegistry(self._released.append)
+        self._hooks = load_plugins().hook
+        self._muted = 0
+        self._attached = True
+        self._forward_hook = student.register_forward_hook(self._on_forward, with_kwargs=True)
+        _forget_compiled_code()
+        criterion.add_listener(self)
+        scaler.acquire()
+
+    @property
+    def attached(self) -> bool:
+        return self._attached
+
+    @property
+    def meter(self) -> AgreementMeter:
+        """Agreement with the reference over the evaluation forwards seen so far."""
+        self._registry.flush(evaluation_only=True)
+        self._drain()
+        return self._meter
+
+    def detach(self) -> None:
+        """Remove the forward hook and the shared patches; pending gradient hooks go inert."""
+        if not self._attached:
+            return
+        self._attached = False
+        self._forward_hook.remove()
+        criterion.remove_listener(self)
+        scaler.release()
+        self._registry.flush()
+        self._drain()
+
+    def __enter__(self) -> InjectionHandle:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.detach()
+
+    @contextmanager
+    def muted(self) -> Iterator[None]:
+        """Let forwards pass untouched (e.g. while a framework adds the loss by its own route)."""
+        self._muted += 1
+        try:
+            yield
+        finally:
+            self._muted -= 1
+
+    @torch.compiler.disable
+    def _on_forward(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
+                    output: Any) -> None:
+        if self._muted or not self._attached:
+            return
+        self._drain()
+        logits = as_logits(output, self.logits_selector)
+        training = (torch.is_grad_enabled() and logits.requires_grad
+                    and (module.training or not self.train_mode_only))
+        reference_logits = self._run_reference(args, kwargs, logits.device)
+        check_pair(logits, reference_logits)
+        entry = self._registry.add(logits, reference_logits, training)
+        self.stats.forwards += 1
+        if training:
+            self.stats.training_forwards += 1
+            logits.register_hook(functools.partial(self._on_gradient, entry))
+
+    def _run_reference(self, args: tuple[Any, ...], kwargs: dict[str, Any],
+                       device: torch.device) -> torch.Tensor:
+        move_to(self.reference, device)
+        with torch.no_grad():
+            output = self.reference(*args, **kwargs)
+        return as_logits(output, self.logits_selector).detach()
+
+    def on_criterion(self, logits: torch.Tensor, target: torch.Tensor, loss: torch.Tensor,
+                     reduction: str) -> torch.Tensor | None:
+        entry = self._registry.find(logits)
+        if entry is None or self._muted or not self._attached:
+            return None
+        if not entry.training:
+            entry.targets = _labels(target)
+            return None
+        if not torch.is_grad_enabled():
+            return None
+        extra, values = self.composer.extra_per_sample(logits, entry.reference, target)
+        if not entry.handled:  # several calls on one forward (mixup) count as one step
+            entry.handled = True
+            self.stats.via_loss_value += 1
+            self._notify_training(entry, values, _labels(target))
+        return self.composer.ground_truth_weight * loss + _reduce(extra, reduction)
+
+    def _on_gradient(self, entry: CapturedForward, grad: torch.Tensor) -> torch.Tensor | None:
+        if entry.handled or self._muted or not self._attached:
+            return None
+        with torch.enable_grad():
+            student = entry.student.detach().requires_grad_(True)
+            extra, values = self.composer.extra_per_sample(student, entry.reference, None)
+            (extra_grad,) = torch.autograd.grad(extra.mean(), student)
+        live = scaler.live_scale()
+        if live is not None:
+            extra_grad = extra_grad * live.to(extra_grad.device)
+        self.stats.via_gradient += 1
+        self._notify_training(entry, values, None)
+        return grad * self.composer.ground_truth_weight + extra_grad.to(grad.dtype)
+
+    def _notify_training(self, entry: CapturedForward, values: Mapping[str, torch.Tensor],
+                         targets: torch.Tensor | None) -> None:
+        hook = self._hooks.labelkeep_training_step
+        if hook.get_hookimpls():
+            hook(student_logits=entry.student, reference_logits=entry.reference,
+                 targets=targets, terms=dict(values))
+
+    def _drain(self) -> None:
+        """Count evaluation forwards whose logits were freed (or flushed) since the last look."""
+        while self._released:
+            entry = self._released.pop()
+            if entry.training:
+                continue
+            self.stats.evaluation_batches += 1
+            self._meter.update(entry.reference, entry.student, entry.targets)
+            hook = self._hooks.labelkeep_evaluation_batch
+            if hook.get_hookimpls():
+                hook(student_logits=entry.student, reference_logits=entry.reference,
+                     targets=entry.targets)
+
+
+def attach(student: nn.Module, reference: nn.Module, *,
+           weights: Mapping[str, float] | None = None, temperature: float | None = None,
+           focal: Mapping[str, float] | FocalConfig | bool | None = None,
+           logits: LogitsSelector = None, train_mode_only: bool = True,
+           loss: LossConfig | None = None) -> InjectionHandle:
+    """Make every training forward of ``student`` train against the label-preserving loss.
+
+    ``reference`` is used as is when it came from :func:`snapshot_reference`, else a
+    frozen copy of it is taken (so passing the student itself before compressing it
+    is safe). Give either the loss pieces (``weights``, ``temperature``, ``focal``;
+    ``focal=False`` turns focal weights off) or a whole ``loss`` config.
+    """
+    config = loss if loss is not None else loss_config(weights, temperature, focal)
+    return InjectionHandle(student, as_reference(reference), LossComposer(config),
+                           logits=logits, train_mode_only=train_mode_only)
+
+
+def loss_config(weights: Mapping[str, float] | None, temperature: float | None,
+                focal: Mapping[str, float] | FocalConfig | bool | None) -> LossConfig:
+    """A validated :class:`LossConfig` from keyword pieces; None keeps each default."""
+    changes: dict[str, Any] = {}
+    if weights is not None:
+        changes["weights"] = weights
+    if temperature is not None:
+        changes["temperature"] = temperature
+    if focal is not None:
+        changes["focal"] = FocalConfig() if focal is True else focal
+    return LossConfig(**changes)
+
+
+def _forget_compiled_code() -> None:
+    """Make code that torch.compile compiled before ``attach`` re-trace and meet the new hook.
+
+    Dynamo does not guard on module hooks (``torch._dynamo.config.skip_nnmodule_hook_guards``,
+    on by default): a compiled function that inlined the student's forward before the hook
+    existed would keep running without it, silently leaving the extra terms out. Nothing to
+    do when dynamo was never imported.
+    """
+    dynamo = sys.modules.get("torch._dynamo")
+    if dynamo is not None and dynamo.config.skip_nnmodule_hook_guards:
+        torch.compiler.reset()
+
+
+def _reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "sum":
+        return per_sample.sum()
+    if reduction == "none":
+        return per_sample
+    return per_sample.mean()
+
+
+def _labels(target: Any) -> torch.Tensor | None:
+    """Class-index labels from a target (probability targets give their argmax)."""
+    if not isinstance(target, torch.Tensor):
+        return None
+    labels = target.detach().argmax(dim=1) if target.is_floating_point() else target.detach()
+    if labels.dim() != 1 or bool((labels < 0).any()):
+        return None
+    return labels

@@ -1,0 +1,176 @@
+"""The plugin manager: built-ins, entry-point plugins and the registries they fill.
+
+Loading is idempotent. Environment switches:
+
+* ``LABELKEEP_DISABLE_PLUGIN_AUTOLOAD`` (any non-empty value): load no entry-point plugin.
+* ``LABELKEEP_PLUGINS``: comma-separated allow-list of entry-point names to load.
+* ``LABELKEEP_DISABLED_ADAPTERS``: comma-separated adapter names not to activate (``*`` = all).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any
+
+import pluggy
+
+from labelkeep_plugins import hookspecs
+from labelkeep_plugins.builtin import DEFAULT_PLUGINS
+from labelkeep_plugins.errors import LabelkeepWarning, PluginError
+from labelkeep_plugins.terms import LossTerm
+
+ENTRY_POINT_GROUP = "labelkeep"
+AUTOLOAD_OFF_ENV = "LABELKEEP_DISABLE_PLUGIN_AUTOLOAD"
+ALLOW_LIST_ENV = "LABELKEEP_PLUGINS"
+DISABLED_ADAPTERS_ENV = "LABELKEEP_DISABLED_ADAPTERS"
+
+
+@dataclass(frozen=True)
+class PluginFailure:
+    """An entry-point plugin that could not be loaded, and why."""
+
+    name: str
+    distribution: str
+    error: str
+
+
+_lock = threading.Lock()
+_manager: pluggy.PluginManager | None = None
+_loaded = False
+_failures: list[PluginFailure] = []
+
+
+def get_plugin_manager() -> pluggy.PluginManager:
+    """The process-wide plugin manager with labelkeep's hook specs (plugins not loaded yet)."""
+    global _manager
+    with _lock:
+        if _manager is None:
+            _manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+            _manager.add_hookspecs(hookspecs)
+        return _manager
+
+
+def load_plugins(*, strict: bool = False) -> pluggy.PluginManager:
+    """Register the built-ins and the entry-point plugins once; later calls return at once.
+
+    A plugin whose import fails is skipped with a warning (``strict=True`` raises
+    :class:`PluginError` instead) and listed by :func:`plugin_failures`.
+    """
+    global _loaded
+    pm = get_plugin_manager()
+    with _lock:
+        if _loaded:
+            return pm
+        for module_name in DEFAULT_PLUGINS:
+            if pm.get_plugin(module_name) is None:
+                pm.register(importlib.import_module(module_name), name=module_name)
+        if not os.environ.get(AUTOLOAD_OFF_ENV):
+            for entry_point in _allowed_entry_points():
+                _load_entry_point(pm, entry_point, strict=strict)
+        _loaded = True
+    return pm
+
+
+def reset_plugins() -> None:
+    """Forget every registered plugin (for tests and for re-reading the environment)."""
+    global _manager, _loaded
+    with _lock:
+        _manager = None
+        _loaded = False
+        _failures.clear()
+
+
+def plugin_failures() -> list[PluginFailure]:
+    """Entry-point plugins that failed to load in this process."""
+    return list(_failures)
+
+
+def _allowed_entry_points() -> Iterator[EntryPoint]:
+    allow = _name_list(os.environ.get(ALLOW_LIST_ENV))
+    for entry_point in entry_points(group=ENTRY_POINT_GROUP):
+        if allow is None or entry_point.name in allow:
+            yield entry_point
+
+
+def _load_entry_point(pm: pluggy.PluginManager, entry_point: EntryPoint, *, strict: bool) -> None:
+    if pm.get_plugin(entry_point.name) is not None:
+        return
+    distribution = entry_point.dist.name if entry_point.dist else "?"
+    try:
+        pm.register(entry_point.load(), name=entry_point.name)
+    except Exception as exc:
+        message = (
+            f"labelkeep: plugin {entry_point.name!r} from {distribution!r} failed to load "
+            f"({type(exc).__name__}: {exc}); it is skipped. Uninstall or fix it, or leave it out "
+            f"with {ALLOW_LIST_ENV}."
+        )
+        if strict:
+            raise PluginError(message) from exc
+        _failures.append(
+            PluginFailure(entry_point.name, distribution, f"{type(exc).__name__}: {exc}")
+        )
+        warnings.warn(message, LabelkeepWarning, stacklevel=3)
+
+
+def _name_list(value: str | None) -> set[str] | None:
+    if value is None:
+        return None
+    return {name.strip() for name in value.split(",") if name.strip()}
+
+
+def disabled_adapter_names() -> set[str] | None:
+    """Adapter names the user switched off; ``None`` means all of them (``*``)."""
+    names = _name_list(os.environ.get(DISABLED_ADAPTERS_ENV)) or set()
+    return None if "*" in names else names
+
+
+def collect(hook_name: str) -> list[tuple[str, tuple[Any, ...]]]:
+    """Call a ``register``-style hook once per plugin: ``[(plugin name, registered args), ...]``."""
+    pm = load_plugins()
+    found: list[tuple[str, tuple[Any, ...]]] = []
+    for impl in getattr(pm.hook, hook_name).get_hookimpls():
+
+        def register(*args: Any, _plugin: str = impl.plugin_name) -> None:
+            found.append((_plugin, args))
+
+        impl.function(register=register)
+    return found
+
+
+def loss_terms() -> dict[str, LossTerm]:
+    """Every registered loss term by name; a name registered twice names both plugins."""
+    terms: dict[str, LossTerm] = {}
+    owners: dict[str, str] = {}
+    for plugin, (term, *_rest) in collect("labelkeep_register_terms"):
+        if not isinstance(term, LossTerm):
+            raise PluginError(
+                f"plugin {plugin!r} registered {term!r}; register a LossTerm instance"
+            )
+        if term.name in terms:
+            raise PluginError(
+                f"loss term {term.name!r} is registered by both {owners[term.name]!r} and "
+                f"{plugin!r}; "
+                f"uninstall one of them or rename the term"
+            )
+        terms[term.name], owners[term.name] = term, plugin
+    return terms
+
+
+def tuner_factories() -> dict[str, Callable[..., Any]]:
+    """Every registered tuner factory by name (later plugins may not override earlier ones)."""
+    factories: dict[str, Callable[..., Any]] = {}
+    owners: dict[str, str] = {}
+    for plugin, (name, factory) in collect("labelkeep_register_tuners"):
+        if name in factories:
+            raise PluginError(
+                f"tuner {name!r} is registered by both {owners[name]!r} and "
+                f"{plugin!r}; uninstall one of them or rename the tuner"
+            )
+        factories[name], owners[name] = factory, plugin
+    return factories

@@ -1,0 +1,113 @@
+"""``labelkeep run -- CMD`` and ``labelkeep-run CMD``: run a command with labelkeep active.
+
+Like ``opentelemetry-instrument``: the bootstrap folder goes first on
+``PYTHONPATH`` (its ``sitecustomize`` activates labelkeep in every Python process),
+then the command replaces this process, so its exit code is the command's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from labelkeep_plugins.auto import AUTO_ENV, REPORT_ENV, ROOT_PID_ENV, STRICT_ENV
+from labelkeep_plugins.config import CONFIG_ENV, load_config
+
+COMMAND_NOT_FOUND = 127
+BOOTSTRAP_DIR = Path(__file__).resolve().parent / "bootstrap"
+
+
+def run_environment(
+    environ: dict[str, str],
+    *,
+    config: str | None = None,
+    report: str | None = None,
+    strict: bool = False,
+) -> dict[str, str]:
+    """The environment a command gets under labelkeep (``environ`` is not modified)."""
+    env = dict(environ)
+    paths = [str(BOOTSTRAP_DIR), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    env[AUTO_ENV] = "1"
+    if config is not None:
+        env[CONFIG_ENV] = str(Path(config).resolve())
+    if report is not None:
+        env[REPORT_ENV] = str(Path(report).resolve())
+    if strict:
+        env[STRICT_ENV] = "1"
+    env[ROOT_PID_ENV] = str(os.getpid())  # exec keeps the pid: the command's root process
+    return env
+
+
+def execute(
+    command: Sequence[str],
+    *,
+    config: str | None = None,
+    report: str | None = None,
+    strict: bool = False,
+) -> int:
+    """Replace this process with ``command``; returns only if it cannot be started."""
+    if not command:
+        print(
+            "labelkeep: no command given; usage: labelkeep run [options] -- CMD [ARGS...]",
+            file=sys.stderr,
+        )
+        return 2
+    if config is not None:
+        load_config(config)  # fail here, before the command starts, on a bad file
+    executable = shutil.which(command[0])
+    if executable is None:
+        print(
+            f"labelkeep: command not found: {command[0]!r} (check the name and PATH)",
+            file=sys.stderr,
+        )
+        return COMMAND_NOT_FOUND
+    env = run_environment(dict(os.environ), config=config, report=report, strict=strict)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execve(executable, list(command), env)
+    except OSError as exc:
+        print(f"labelkeep: cannot run {command[0]!r}: {exc.strerror}", file=sys.stderr)
+        return 126
+    return 0  # not reached
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", help="labelkeep YAML file (default: $LABELKEEP_CONFIG or ./labelkeep.yaml)"
+    )
+    parser.add_argument("--report", help="write the JSON run report here (per rank under DDP)")
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="stop on any labelkeep failure instead of warning and going on",
+    )
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="the command to run")
+
+
+def run_from_options(options: argparse.Namespace) -> int:
+    command = list(options.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    return execute(command, config=options.config, report=options.report, strict=options.strict)
+
+
+def labelkeep_run_main(argv: Sequence[str] | None = None) -> int:
+    """``labelkeep-run [--config F] [--report F] [--strict] CMD [ARGS...]``."""
+    parser = argparse.ArgumentParser(
+        prog="labelkeep-run", description="Run a command with labelkeep active."
+    )
+    add_run_arguments(parser)
+    options = parser.parse_args(argv)
+    from labelkeep_plugins.errors import LabelkeepError
+
+    try:
+        return run_from_options(options)
+    except LabelkeepError as exc:
+        print(f"labelkeep: error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,194 @@
+"""One instrumented process: its references, its attached students and what it will report.
+
+Adapters talk to the session only: ``reference_for`` when compression is about
+to start, ``attach`` when the model is handed to a training loop, and ``guard``
+around their own code so that a labelkeep failure never stops the user's run.
+"""
+
+from __future__ import annotations
+
+import sys
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from labelkeep_plugins._version import __version__
+from labelkeep_plugins.composer import LossComposer
+from labelkeep_plugins.config import Config
+from labelkeep_plugins.errors import LabelkeepError
+from labelkeep_plugins.metrics import AgreementMeter
+from labelkeep_plugins.plugins import load_plugins
+from labelkeep_plugins.reference import checksum, snapshot_reference, unwrap_model
+
+if TYPE_CHECKING:
+    from labelkeep_plugins.injector.attach import InjectionHandle
+
+
+@dataclass
+class ReferenceRecord:
+    """Where and from what a reference was taken, and its checksum then."""
+
+    framework: str
+    where: str
+    model_type: str
+    reference: nn.Module
+    checksum: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "framework": self.framework,
+            "where": self.where,
+            "model": self.model_type,
+            "checksum": self.checksum,
+            "intact": checksum(self.reference) == self.checksum,
+        }
+
+
+@dataclass
+class AdapterStatus:
+    """What became of one adapter in this process."""
+
+    name: str
+    framework: str
+    version: str | None
+    state: str  # active | waiting-for-import | skipped | disabled | failed
+    reason: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+@dataclass
+class Counters:
+    """Training steps that received the loss by a route other than an injector handle."""
+
+    framework_steps: int = 0
+    failures: list[str] = field(default_factory=list)
+
+
+class Session:
+    """The state of labelkeep in one process."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.composer = LossComposer(config.loss)
+        self.adapters: dict[str, AdapterStatus] = {}
+        self.counters = Counters()
+        self.crashed: str | None = None
+        self._records: list[ReferenceRecord] = []
+        self._by_model: weakref.WeakKeyDictionary[nn.Module, ReferenceRecord] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._handles: weakref.WeakKeyDictionary[nn.Module, InjectionHandle] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._all_handles: list[InjectionHandle] = []
+        self._hooks = load_plugins().hook
+
+    def reference_for(self, model: nn.Module, *, framework: str, where: str) -> nn.Module:
+        """The reference of ``model``: snapshotted now on first sight, the same one afterwards."""
+        model = unwrap_model(model)
+        record = self._by_model.get(model)
+        if record is None:
+            reference = snapshot_reference(model)
+            record = ReferenceRecord(
+                framework, where, type(model).__name__, reference, checksum(reference)
+            )
+            self._records.append(record)
+            self._by_model[model] = record
+            self._hooks.labelkeep_reference_captured(
+                student=model, reference=reference, where=f"{framework}: {where}"
+            )
+        return record.reference
+
+    def reference_of(self, model: nn.Module) -> nn.Module | None:
+        record = self._by_model.get(unwrap_model(model))
+        return None if record is None else record.reference
+
+    def alias(self, model: nn.Module, same_as: nn.Module) -> None:
+        """Give ``model`` (e.g. a traced or rebuilt copy) the reference of ``same_as``."""
+        record = self._by_model.get(unwrap_model(same_as))
+        if record is not None:
+            self._by_model.setdefault(unwrap_model(model), record)
+
+    def attach(self, student: nn.Module, reference: nn.Module | None = None) -> InjectionHandle:
+        """Attach the loss to ``student`` once; later calls return the same handle."""
+        handle = self._handles.get(student)
+        if handle is not None and handle.attached:
+            return handle
+        reference = reference if reference is not None else self.reference_of(student)
+        if reference is None:
+            raise LabelkeepError(
+                f"no reference was captured for {type(student).__name__}; "
+                "the adapter must call reference_for() before attach()"
+            )
+        from labelkeep_plugins.injector.attach import InjectionHandle  # imports torch._dynamo
+
+        handle = InjectionHandle(
+            student,
+            reference,
+            self.composer,
+            logits=self.config.logits,
+            train_mode_only=self.config.train_mode_only,
+        )
+        self._handles[student] = handle
+        self._all_handles.append(handle)
+        return handle
+
+    def handle_of(self, student: nn.Module) -> InjectionHandle | None:
+        handle = self._handles.get(student)
+        return handle if handle is not None and handle.attached else None
+
+    @contextmanager
+    def guard(self, adapter: str) -> Iterator[None]:
+        """Contain a failure of labelkeep's own code: warn and go on, or raise when strict."""
+        try:
+            yield
+        except Exception as exc:
+            if self.config.strict:
+                raise
+            self.record_failure(adapter, exc)
+
+    def record_failure(self, adapter: str, exc: BaseException) -> None:
+        message = f"{adapter}: {type(exc).__name__}: {exc}"
+        if message not in self.counters.failures:
+            self.counters.failures.append(message)
+            print(
+                f"labelkeep: {message} (training continues; run with --strict to stop on this)",
+                file=sys.stderr,
+            )
+        status = self.adapters.get(adapter)
+        if status is not None:
+            status.state, status.reason = "failed", f"{type(exc).__name__}: {exc}"
+
+    def detach_all(self) -> None:
+        for handle in reversed(self._all_handles):
+            handle.detach()
+
+    def report(self) -> dict[str, Any]:
+        """The JSON-serialisable run report."""
+        meter = AgreementMeter()
+        steps = self.counters.framework_steps
+        via_value = via_gradient = 0
+        for handle in self._all_handles:
+            if handle.meter.samples:
+                meter.merge(handle.meter)
+            via_value += handle.stats.via_loss_value
+            via_gradient += handle.stats.via_gradient
+        references = [record.as_dict() for record in self._records]
+        return {
+            "labelkeep_version": __version__,
+            "config": self.config.to_dict(),
+            "adapters": [status.as_dict() for status in self.adapters.values()],
+            "references": references,
+            "training_steps_with_loss": steps + via_value + via_gradient,
+            "loss_paths": {"loss_value": via_value, "gradient": via_gradient, "framework": steps},
+            "reference_intact": all(r["intact"] for r in references) if references else None,
+            "agreement": meter.compute().to_dict() if meter.samples else None,
+            "failures": list(self.counters.failures),
+            "crashed": self.crashed,
+        }

@@ -1,0 +1,47 @@
+"""Loss terms: small per-sample functions of student logits, reference logits and labels.
+
+A term returns one value per sample so that per-sample (focal) weights can be
+applied before the batch is reduced. Built-in terms live in
+:mod:`labelkeep_plugins.builtin.terms`; third parties add their own through the
+``labelkeep_register_terms`` hook.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class TermInputs:
+    """What a term sees: fp32 logits of shape (batch, classes) and optional labels."""
+
+    student: torch.Tensor
+    reference: torch.Tensor
+    targets: torch.Tensor | None
+    temperature: float
+
+
+@dataclass(frozen=True)
+class LossTerm:
+    """One named loss term.
+
+    ``per_sample(inputs)`` returns a (batch,) tensor. ``needs_targets`` terms are
+    skipped where labels are not seen; ``teacher`` terms get the focal weights.
+    """
+
+    name: str
+    per_sample: Callable[[TermInputs], torch.Tensor]
+    needs_targets: bool = False
+    teacher: bool = True
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name.isidentifier():
+            raise ValueError(f"loss term name {self.name!r} must be a Python identifier")
+
+
+GROUND_TRUTH_TERM = "ce"
+"""The term that stands for the user's own loss when labelkeep injects into a loop."""

@@ -1,0 +1,214 @@
+"""instrument()/uninstrument() with adapters registered by plugins, and the import hooks."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+import torch
+from torch import nn
+
+import labelkeep_plugins.adapters as adapters_module
+from labelkeep_plugins import Config, hookimpl
+from labelkeep_plugins.adapters import PatchingAdapter
+from labelkeep_plugins.errors import LabelkeepWarning, PluginError
+from labelkeep_plugins.importhooks import when_imported
+from labelkeep_plugins.instrumentation import current_session, instrumented, uninstrument
+from labelkeep_plugins.plugins import get_plugin_manager, load_plugins
+from labelkeep_plugins.reference import checksum
+
+FAKE_MODULE = "labelkeep_fake_framework"
+
+
+def make_framework() -> types.ModuleType:
+    """A stand-in compression framework: a pruner that zeroes half of each weight."""
+    module = types.ModuleType(FAKE_MODULE)
+
+    class Pruner:
+        def __init__(self, model: nn.Module) -> None:
+            self.model = model
+
+        def step(self) -> None:
+            with torch.no_grad():
+                for parameter in self.model.parameters():
+                    parameter[: parameter.shape[0] // 2] = 0
+
+    module.Pruner = Pruner
+    return module
+
+
+class FakeAdapter(PatchingAdapter):
+    name = "fake"
+    framework = "pytest"  # any installed distribution: its version is what gets checked
+    supported = ">=1"
+    module = FAKE_MODULE
+
+    def __init__(self, *, fail: bool = False) -> None:
+        super().__init__()
+        self.fail = fail
+
+    def install(self, session) -> None:
+        if self.fail:
+            raise RuntimeError("adapter bug")
+        pruner = sys.modules[FAKE_MODULE].Pruner
+        original = pruner.__init__
+
+        def patched_init(pruner_self, model):
+            with session.guard(self.name):
+                session.reference_for(model, framework="fake", where="Pruner.__init__")
+                session.attach(model)
+            original(pruner_self, model)
+
+        self.patches.patch(pruner, "__init__", patched_init)
+
+
+class AdapterPlugin:
+    def __init__(self, adapter: FakeAdapter) -> None:
+        self.adapter = adapter
+
+    @hookimpl
+    def labelkeep_register_adapters(self, register) -> None:
+        register(self.adapter)
+
+
+@pytest.fixture
+def framework(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
+    module = make_framework()
+    monkeypatch.setitem(sys.modules, FAKE_MODULE, module)
+    yield module
+    uninstrument()
+
+
+def register(adapter: FakeAdapter) -> None:
+    load_plugins()
+    get_plugin_manager().register(AdapterPlugin(adapter))
+
+
+def train_steps(model: nn.Module, steps: int) -> None:
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    generator = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(steps):
+        x, y = (
+            torch.randn(8, 4, generator=generator),
+            torch.randint(0, 3, (8,), generator=generator),
+        )
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+
+def test_adapter_snapshots_before_compression_and_trains_every_step(framework) -> None:
+    adapter = FakeAdapter()
+    register(adapter)
+    original_init = framework.Pruner.__init__
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    before = checksum(model)
+    with instrumented(Config()) as session:
+        assert session.adapters["fake"].state == "active"
+        pruner = framework.Pruner(model)
+        pruner.step()
+        train_steps(model, 5)
+        reference = session.reference_of(model)
+        assert checksum(reference) == before
+        assert checksum(model) != before
+        report = session.report()
+    assert report["training_steps_with_loss"] == 5
+    assert report["reference_intact"] is True
+    assert report["references"][0]["where"] == "Pruner.__init__"
+    assert framework.Pruner.__init__ is original_init
+    assert current_session() is None
+    assert not model._forward_hooks
+
+
+def test_instrument_is_idempotent(framework) -> None:
+    register(FakeAdapter())
+    with instrumented(Config()) as first:
+        from labelkeep_plugins.instrumentation import instrument
+
+        assert instrument(Config()) is first
+
+
+def test_adapter_waits_for_its_framework_import(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delitem(sys.modules, FAKE_MODULE, raising=False)
+    adapter = FakeAdapter()
+    register(adapter)
+    with instrumented(Config()) as session:
+        assert session.adapters["fake"].state == "waiting-for-import"
+        monkeypatch.setitem(sys.modules, FAKE_MODULE, make_framework())
+        # A real import would fire the hook; simulate the loader's callback path directly.
+        from labelkeep_plugins import importhooks
+
+        importhooks._fire(FAKE_MODULE, sys.modules[FAKE_MODULE])
+        assert session.adapters["fake"].state == "active"
+
+
+def test_failing_adapter_is_skipped_and_training_goes_on(framework, capsys) -> None:
+    register(FakeAdapter(fail=True))
+    model = nn.Sequential(nn.Linear(4, 3))
+    with instrumented(Config()) as session:
+        framework.Pruner(model).step()
+        train_steps(model, 2)
+        report = session.report()
+    assert session.adapters["fake"].state == "failed"
+    assert "adapter bug" in capsys.readouterr().err
+    assert report["training_steps_with_loss"] == 0
+    assert report["failures"] and "RuntimeError" in report["failures"][0]
+
+
+def test_failing_adapter_raises_when_strict(framework) -> None:
+    register(FakeAdapter(fail=True))
+    with pytest.raises(RuntimeError, match="adapter bug"), instrumented(Config(strict=True)):
+        pass
+
+
+def test_out_of_range_framework_skips_with_one_line(framework, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(adapters_module, "version", lambda name: "0.1")
+    register(FakeAdapter())
+    with instrumented(Config()) as session:
+        assert session.adapters["fake"].state == "skipped"
+    lines = [line for line in capsys.readouterr().err.splitlines() if "fake" in line]
+    assert lines == [
+        "labelkeep: adapter 'fake' skipped: pytest 0.1 is outside the supported range >=1"
+    ]
+    with (
+        pytest.raises(PluginError, match="outside the supported range"),
+        instrumented(Config(strict=True)),
+    ):
+        pass
+
+
+def test_disabled_adapters(framework, monkeypatch) -> None:
+    register(FakeAdapter())
+    with instrumented(Config(disabled_adapters=("fake",))) as session:
+        assert session.adapters["fake"].state == "disabled"
+    monkeypatch.setenv("LABELKEEP_DISABLED_ADAPTERS", "*")
+    with instrumented(Config()) as session:
+        assert session.adapters["fake"].state == "disabled"
+
+
+def test_wrapper_on_top_is_left_in_place(framework) -> None:
+    register(FakeAdapter())
+    with pytest.warns(LabelkeepWarning, match="wrapped again"), instrumented(Config()):
+        ours = framework.Pruner.__init__
+
+        def theirs(self, model):
+            ours(self, model)
+
+        framework.Pruner.__init__ = theirs
+    assert framework.Pruner.__init__ is theirs
+
+
+def test_when_imported_fires_after_a_real_import(tmp_path, monkeypatch) -> None:
+    (tmp_path / "lk_probe_module.py").write_text("VALUE = 41\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "lk_probe_module", raising=False)
+    seen: list[int] = []
+    when_imported("lk_probe_module", lambda module: seen.append(module.VALUE + 1))
+    assert seen == []
+    import lk_probe_module  # noqa: F401
+
+    assert seen == [42]
+    when_imported("lk_probe_module", lambda module: seen.append(module.VALUE))
+    assert seen == [42, 41]

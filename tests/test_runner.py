@@ -1,0 +1,132 @@
+"""The zero-code runner: environment, exit codes, reports, subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from labelkeep_plugins.auto import report_path
+from labelkeep_plugins.runner import BOOTSTRAP_DIR, run_environment
+
+SCRIPT_ACTIVE = textwrap.dedent("""
+    import sys
+    from labelkeep_plugins.instrumentation import current_session
+    print("active" if current_session() is not None else "inactive")
+    sys.exit(int(sys.argv[1]) if len(sys.argv) > 1 else 0)
+""")
+
+
+def run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, **env}
+    environment.pop("LABELKEEP_AUTO", None)
+    return subprocess.run(
+        args, cwd=cwd, env=environment, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def labelkeep_run(*args: str) -> list[str]:
+    return [sys.executable, "-m", "labelkeep_plugins.cli", "run", *args]
+
+
+@pytest.fixture
+def script(tmp_path: Path) -> Path:
+    path = tmp_path / "train.py"
+    path.write_text(SCRIPT_ACTIVE)
+    return path
+
+
+def test_environment_puts_bootstrap_first() -> None:
+    env = run_environment({"PYTHONPATH": "/a:/b"}, report="r.json", strict=True)
+    assert env["PYTHONPATH"].split(os.pathsep)[:3] == [str(BOOTSTRAP_DIR), "/a", "/b"]
+    assert env["LABELKEEP_AUTO"] == "1" and env["LABELKEEP_STRICT"] == "1"
+    assert Path(env["LABELKEEP_REPORT"]).is_absolute()
+
+
+def test_child_is_instrumented_and_exit_code_passes_through(script: Path, tmp_path: Path) -> None:
+    result = run(
+        labelkeep_run("--report", "out.json", "--", sys.executable, str(script), "3"), tmp_path
+    )
+    assert result.returncode == 3, result.stderr
+    assert result.stdout.strip() == "active"
+    report = json.loads((tmp_path / "out.json").read_text())
+    assert report["references"] == [] and report["crashed"] is None
+
+
+def test_plain_python_is_not_instrumented(script: Path, tmp_path: Path) -> None:
+    result = run([sys.executable, str(script)], tmp_path)
+    assert result.stdout.strip() == "inactive"
+
+
+def test_subprocesses_are_instrumented_too(tmp_path: Path, script: Path) -> None:
+    parent = tmp_path / "parent.py"
+    parent.write_text(
+        f"import subprocess, sys\nsys.exit(subprocess.call([sys.executable, {str(script)!r}]))\n"
+    )
+    result = run(labelkeep_run("--", sys.executable, str(parent)), tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "active"
+
+
+def test_missing_command_exits_127(tmp_path: Path) -> None:
+    result = run(labelkeep_run("--", "no-such-command-labelkeep"), tmp_path)
+    assert result.returncode == 127
+    assert "command not found: 'no-such-command-labelkeep'" in result.stderr
+
+
+def test_crash_keeps_exit_code_and_writes_report(tmp_path: Path) -> None:
+    crash = tmp_path / "crash.py"
+    crash.write_text("raise ValueError('boom')\n")
+    result = run(labelkeep_run("--report", "r.json", "--", sys.executable, str(crash)), tmp_path)
+    assert result.returncode == 1
+    assert "ValueError: boom" in result.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["crashed"] == "ValueError: boom"
+
+
+def test_bad_config_fails_before_the_command_runs(tmp_path: Path, script: Path) -> None:
+    (tmp_path / "bad.yaml").write_text("loss:\n  temperature: 0\n")
+    result = run(labelkeep_run("--config", "bad.yaml", "--", sys.executable, str(script)), tmp_path)
+    assert result.returncode == 2
+    assert "temperature must be a number > 0" in result.stderr
+    assert "active" not in result.stdout
+
+
+def test_labelkeep_run_entry_point(tmp_path: Path, script: Path) -> None:
+    result = run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from labelkeep_plugins.runner import labelkeep_run_main as m; "
+            "sys.exit(m(sys.argv[1:]))",
+            sys.executable,
+            str(script),
+        ],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "active"
+
+
+def test_existing_sitecustomize_still_runs(tmp_path: Path, script: Path) -> None:
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "sitecustomize.py").write_text("import builtins\nbuiltins.THEIRS = True\n")
+    probe = tmp_path / "probe.py"
+    probe.write_text("import builtins\nprint(getattr(builtins, 'THEIRS', False))\n")
+    result = run(labelkeep_run("--", sys.executable, str(probe)), tmp_path, PYTHONPATH=str(theirs))
+    assert result.stdout.strip() == "True", result.stderr
+
+
+def test_report_path_per_rank(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RANK", raising=False)
+    assert report_path("out/r.json") == Path("out/r.json")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert report_path("out/r.json") == Path("out/r.rank1.json")
+    assert report_path(None) is None
