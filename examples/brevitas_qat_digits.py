@@ -1,7 +1,7 @@
 """Low-bit quantization-aware training of a small CNN on scikit-learn's digits, with Brevitas.
 
 A plain user script: train a float CNN (standing in for a pretrained model),
-quantize it layer by layer with Brevitas' ``layerwise_quantize`` to 3-bit
+quantize it layer by layer with Brevitas' ``layerwise_quantize`` to 2-bit
 weights and 4-bit activations, calibrate the activation scales, fine-tune
 (QAT) with ``nn.CrossEntropyLoss``, and evaluate on the test split.
 
@@ -28,11 +28,15 @@ class DigitsCNN(nn.Module):
     def __init__(self, classes: int = 10) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-            nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.Conv2d(1, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
             nn.MaxPool2d(2),
-        )  # fmt: skip
-        self.classifier = nn.Linear(32 * 4 * 4, classes)
+            nn.Conv2d(8, 16, 3, padding=1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+        )
+        self.classifier = nn.Linear(16 * 4 * 4, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x).flatten(1))
@@ -95,10 +99,10 @@ def calibrate(model, loader) -> None:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--float-epochs", type=int, default=15)
-    parser.add_argument("--epochs", type=int, default=8, help="QAT epochs")
+    parser.add_argument("--float-epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=6, help="QAT epochs")
     parser.add_argument("--lr", type=float, default=1e-3, help="QAT learning rate")
-    parser.add_argument("--weight-bits", type=int, default=3)
+    parser.add_argument("--weight-bits", type=int, default=2)
     parser.add_argument("--act-bits", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
@@ -111,19 +115,19 @@ def main(argv=None) -> None:
     criterion = nn.CrossEntropyLoss()
 
     model = DigitsCNN()
-    train(model, train_loader, criterion, torch.optim.Adam(model.parameters(), 3e-3),
-          args.float_epochs)  # fmt: skip
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    train(model, train_loader, criterion, optimizer, args.float_epochs)
     float_accuracy, _ = evaluate(model, test_loader, criterion)
     print(f"float model: test accuracy {float_accuracy:.4f}")
 
-    model = layerwise_quantize(model, compute_layer_map=low_bit_layer_map(args.weight_bits,
-                                                                         args.act_bits))  # fmt: skip
+    compute_layer_map = low_bit_layer_map(args.weight_bits, args.act_bits)
+    model = layerwise_quantize(model, compute_layer_map=compute_layer_map)
     calibrate(model, train_loader)
-    train(model, train_loader, criterion, torch.optim.Adam(model.parameters(), args.lr),
-          args.epochs)  # fmt: skip
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    train(model, train_loader, criterion, optimizer, args.epochs)
     accuracy, loss = evaluate(model, test_loader, criterion)
-    print(f"W{args.weight_bits}A{args.act_bits} QAT model: test accuracy {accuracy:.4f}, "
-          f"test loss {loss:.4f}")  # fmt: skip
+    bits = f"W{args.weight_bits}A{args.act_bits}"
+    print(f"{bits} QAT model: test accuracy {accuracy:.4f}, test loss {loss:.4f}")
 
 
 if __name__ == "__main__":

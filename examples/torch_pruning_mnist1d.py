@@ -26,9 +26,15 @@ class Net(nn.Module):
     def __init__(self, width: int = 64, classes: int = 10) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv1d(1, width, 5, padding=2), nn.BatchNorm1d(width), nn.ReLU(),
-            nn.Conv1d(width, width, 3, stride=2, padding=1), nn.BatchNorm1d(width), nn.ReLU(),
-            nn.Conv1d(width, width, 3, stride=2, padding=1), nn.BatchNorm1d(width), nn.ReLU(),
+            nn.Conv1d(1, width, 5, padding=2),
+            nn.BatchNorm1d(width),
+            nn.ReLU(),
+            nn.Conv1d(width, width, 3, stride=2, padding=1),
+            nn.BatchNorm1d(width),
+            nn.ReLU(),
+            nn.Conv1d(width, width, 3, stride=2, padding=1),
+            nn.BatchNorm1d(width),
+            nn.ReLU(),
         )
         self.classifier = nn.Linear(width * 10, classes)
 
@@ -72,10 +78,13 @@ def main():
 
     torch.manual_seed(args.seed)
     data = make_dataset(get_dataset_args())
-    train_set = TensorDataset(torch.tensor(data["x"], dtype=torch.float32),
-                              torch.tensor(data["y"], dtype=torch.int64))
-    test_set = TensorDataset(torch.tensor(data["x_test"], dtype=torch.float32),
-                             torch.tensor(data["y_test"], dtype=torch.int64))
+    train_set = TensorDataset(
+        torch.tensor(data["x"], dtype=torch.float32), torch.tensor(data["y"], dtype=torch.int64)
+    )
+    test_set = TensorDataset(
+        torch.tensor(data["x_test"], dtype=torch.float32),
+        torch.tensor(data["y_test"], dtype=torch.int64),
+    )
     train_loader = DataLoader(train_set, batch_size=64, shuffle=True)
     test_loader = DataLoader(test_set, batch_size=256)
 

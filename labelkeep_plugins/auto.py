@@ -36,6 +36,9 @@ def activate_from_environment() -> None:
             strict=config.strict or strict,
             report=os.environ.get(REPORT_ENV) or config.report,
         )
+        from labelkeep_plugins.tuning.nni_trial import prepare_config, start_reporting
+
+        config = prepare_config(config)  # inside an NNI trial: its weights, its report folder
         session = instrument(config)
     except Exception as exc:
         if strict:
@@ -48,6 +51,7 @@ def activate_from_environment() -> None:
         return
     _watch_crash(session)
     atexit.register(write_report_at_exit)
+    start_reporting(session)  # NNI trial only; runs before the report is written
 
 
 def report_path(base: str | None) -> Path | None:

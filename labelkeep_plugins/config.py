@@ -197,7 +197,12 @@ def _checked_mapping(what: str, value: Any, allowed: set[str]) -> dict[str, Any]
 
 
 def _checked_weights(weights: Any) -> dict[str, float]:
+    """Validate term weights; ``ce`` (the user's own loss) keeps weight 1 unless given.
+
+    So ``{kd: 2}`` adds KD to the user's loss instead of silently dropping that loss.
+    """
     from labelkeep_plugins.plugins import loss_terms
+    from labelkeep_plugins.terms import GROUND_TRUTH_TERM
 
     known = loss_terms()
     if not isinstance(weights, Mapping) or not weights:
@@ -205,7 +210,7 @@ def _checked_weights(weights: Any) -> dict[str, float]:
             f"weights must be a non-empty mapping of term name to weight, "
             f"got {weights!r}; known terms: {', '.join(sorted(known))}"
         )
-    checked: dict[str, float] = {}
+    checked: dict[str, float] = {GROUND_TRUTH_TERM: 1.0}
     for name, weight in weights.items():
         if name not in known:
             raise ConfigError(

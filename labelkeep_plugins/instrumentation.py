@@ -7,6 +7,7 @@ and patches its framework when the user's code first imports it.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 from collections.abc import Iterator
@@ -41,9 +42,13 @@ def instrument(config: Config | None = None) -> Session:
         pm = load_plugins(strict=config.strict)
         session = Session(config)
         _session = session
-        pm.hook.labelkeep_configure.call_historic(kwargs={"config": config})
-        for adapter in registered_adapters():
-            _arm(session, adapter)
+        try:
+            pm.hook.labelkeep_configure.call_historic(kwargs={"config": config})
+            for adapter in registered_adapters():
+                _arm(session, adapter)
+        except BaseException:
+            uninstrument()
+            raise
         return session
 
 
@@ -100,9 +105,15 @@ def _arm(session: Session, adapter: Adapter) -> None:
 
     def activate(_module: Any) -> None:
         with session.guard(adapter.name):
-            adapter.instrument(session)
+            try:
+                adapter.instrument(session)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    adapter.uninstrument()  # leave nothing half-patched
+                raise
             _instrumented.append(adapter)
-            status.state, status.reason = "active", f"patched on import of {adapter.module}"
+            if status.state != "failed":
+                status.state, status.reason = "active", f"patched on import of {adapter.module}"
 
     _waiting.append(activate)
     when_imported(adapter.module, activate)

@@ -68,6 +68,7 @@ class Counters:
 
     framework_steps: int = 0
     failures: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 class Session:
@@ -134,6 +135,7 @@ class Session:
             self.composer,
             logits=self.config.logits,
             train_mode_only=self.config.train_mode_only,
+            on_error=None if self.config.strict else self._injector_failed,
         )
         self._handles[student] = handle
         self._all_handles.append(handle)
@@ -153,6 +155,13 @@ class Session:
                 raise
             self.record_failure(adapter, exc)
 
+    def warn(self, adapter: str, message: str) -> None:
+        """Tell the user once, on stderr and in the report, about something worth fixing."""
+        line = f"{adapter}: {message}"
+        if line not in self.counters.warnings:
+            self.counters.warnings.append(line)
+            print(f"labelkeep: {line}", file=sys.stderr)
+
     def record_failure(self, adapter: str, exc: BaseException) -> None:
         message = f"{adapter}: {type(exc).__name__}: {exc}"
         if message not in self.counters.failures:
@@ -165,20 +174,30 @@ class Session:
         if status is not None:
             status.state, status.reason = "failed", f"{type(exc).__name__}: {exc}"
 
+    def _injector_failed(self, handle: InjectionHandle, exc: Exception) -> None:
+        """A hook failed inside the user's step: report it, detach, let training go on."""
+        self.record_failure("injector", exc)
+        handle.detach()
+
     def detach_all(self) -> None:
         for handle in reversed(self._all_handles):
             handle.detach()
 
     def report(self) -> dict[str, Any]:
-        """The JSON-serialisable run report."""
-        meter = AgreementMeter()
-        steps = self.counters.framework_steps
+        """The JSON-serialisable run report.
+
+        ``agreement`` covers the latest evaluation pass of each attached model (its
+        final state); ``agreement_all_passes`` every evaluation forward of the run.
+        """
+        last, every = AgreementMeter(), AgreementMeter()
         via_value = via_gradient = 0
         for handle in self._all_handles:
             if handle.meter.samples:
-                meter.merge(handle.meter)
+                every.merge(handle.meter)
+                last.merge(handle.last_pass_meter)
             via_value += handle.stats.via_loss_value
             via_gradient += handle.stats.via_gradient
+        steps = self.counters.framework_steps
         references = [record.as_dict() for record in self._records]
         return {
             "labelkeep_version": __version__,
@@ -188,7 +207,13 @@ class Session:
             "training_steps_with_loss": steps + via_value + via_gradient,
             "loss_paths": {"loss_value": via_value, "gradient": via_gradient, "framework": steps},
             "reference_intact": all(r["intact"] for r in references) if references else None,
-            "agreement": meter.compute().to_dict() if meter.samples else None,
+            "agreement": _computed(last),
+            "agreement_all_passes": _computed(every),
             "failures": list(self.counters.failures),
+            "warnings": list(self.counters.warnings),
             "crashed": self.crashed,
         }
+
+
+def _computed(meter: AgreementMeter) -> dict[str, Any] | None:
+    return meter.compute().to_dict() if meter.samples else None

@@ -358,3 +358,9 @@ def test_plugin_term_becomes_a_valid_weight_key():
     assert config.loss.weights == {"ce": 1.0, "cosine": 0.5}
     # ...and the error for an unknown term now lists it among the known ones.
     assert "cosine" in _error({"loss": {"weights": {"nope": 1.0}}})
+
+
+def test_ce_keeps_weight_one_unless_given() -> None:
+    """Adding a term must not silently drop the user's own loss."""
+    assert LossConfig(weights={"kd": 2.0}).weights == {"ce": 1.0, "kd": 2.0}
+    assert LossConfig(weights={"ce": 0.0, "kd": 1.0}).weights == {"ce": 0.0, "kd": 1.0}

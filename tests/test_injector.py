@@ -13,7 +13,8 @@ DDP, torch.compile and AMP live in test_injector_parallel.py.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+import io
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,8 @@ from torch import nn
 from torch.amp.grad_scaler import GradScaler
 
 from labelkeep_plugins import (
+    InjectionHandle,
+    LabelkeepError,
     LogitsError,
     NonFiniteError,
     ShapeMismatchError,
@@ -41,21 +44,41 @@ from labelkeep_plugins.config import FocalConfig, LossConfig
 ATOL, RTOL = 1e-6, 1e-5
 CLASSES = 5
 
-# name -> (keyword pieces given to attach(), the same loss written as a LossConfig)
-CONFIGS: dict[str, tuple[dict[str, Any], LossConfig]] = {
-    "default": ({}, LossConfig(weights={"ce": 1.0, "kd": 1.0}, temperature=2.0,
-                               focal=FocalConfig(base=1.0, scale=1.0))),
+# name -> (keyword pieces given to attach(), a function building the same loss as a
+# LossConfig; built inside the tests, since validating weights loads the plugins)
+CONFIGS: dict[str, tuple[dict[str, Any], Callable[[], LossConfig]]] = {
+    "default": (
+        {},
+        lambda: LossConfig(
+            weights={"ce": 1.0, "kd": 1.0}, temperature=2.0, focal=FocalConfig(base=1.0, scale=1.0)
+        ),
+    ),
     "weighted": (
-        {"weights": {"ce": 0.5, "kd": 2.0, "hard": 0.3, "logit_mse": 0.1}, "temperature": 3.0,
-         "focal": {"base": 0.5, "scale": 2.0}},
-        LossConfig(weights={"ce": 0.5, "kd": 2.0, "hard": 0.3, "logit_mse": 0.1},
-                   temperature=3.0, focal=FocalConfig(base=0.5, scale=2.0)),
+        {
+            "weights": {"ce": 0.5, "kd": 2.0, "hard": 0.3, "logit_mse": 0.1},
+            "temperature": 3.0,
+            "focal": {"base": 0.5, "scale": 2.0},
+        },
+        lambda: LossConfig(
+            weights={"ce": 0.5, "kd": 2.0, "hard": 0.3, "logit_mse": 0.1},
+            temperature=3.0,
+            focal=FocalConfig(base=0.5, scale=2.0),
+        ),
     ),
     "no_focal": (
         {"weights": {"ce": 1.5, "kd": 0.7, "hard": 0.2}, "temperature": 4.0, "focal": False},
-        LossConfig(weights={"ce": 1.5, "kd": 0.7, "hard": 0.2}, temperature=4.0, focal=None),
+        lambda: LossConfig(
+            weights={"ce": 1.5, "kd": 0.7, "hard": 0.2}, temperature=4.0, focal=None
+        ),
     ),
 }
+
+
+def loss_setup(name: str) -> tuple[dict[str, Any], LossConfig]:
+    """``attach`` keyword pieces and the equivalent LossConfig for one named loss."""
+    attach_kwargs, build = CONFIGS[name]
+    return attach_kwargs, build()
+
 
 Grads = dict[str, torch.Tensor]
 Step = Callable[[nn.Module], None]
@@ -68,35 +91,47 @@ def _reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:
 class Explicit:
     """The explicit combined loss, built by hand from a LossComposer (no injector attached)."""
 
-    def __init__(self, reference: nn.Module, config: LossConfig,
-                 select: Callable[[Any], torch.Tensor] = lambda out: out) -> None:
+    def __init__(
+        self,
+        reference: nn.Module,
+        config: LossConfig,
+        select: Callable[[Any], torch.Tensor] = lambda out: out,
+    ) -> None:
         self.reference = reference
         self.composer = LossComposer(config)
         self.w_ce = config.weights.get("ce", 0.0)
         self.select = select
 
-    def extra(self, logits: torch.Tensor, x: torch.Tensor,
-              targets: torch.Tensor | None) -> torch.Tensor:
+    def extra(
+        self, logits: torch.Tensor, x: torch.Tensor, targets: torch.Tensor | None
+    ) -> torch.Tensor:
         with torch.no_grad():
             reference_logits = self.select(self.reference(x))
         return self.composer.extra_per_sample(logits, reference_logits, targets)[0]
 
-    def ce(self, logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
-           reduction: str = "mean", base: Callable[..., torch.Tensor] = F.cross_entropy,
-           ) -> torch.Tensor:
+    def ce(
+        self,
+        logits: torch.Tensor,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        reduction: str = "mean",
+        base: Callable[..., torch.Tensor] = F.cross_entropy,
+    ) -> torch.Tensor:
         """What one ``base(logits, y, reduction=...)`` call stands for."""
         user = base(logits, y, reduction=reduction)
         return self.w_ce * user + _reduce(self.extra(logits, x, y), reduction)
 
-    def custom(self, user_loss: torch.Tensor, logits: torch.Tensor,
-               x: torch.Tensor) -> torch.Tensor:
+    def custom(
+        self, user_loss: torch.Tensor, logits: torch.Tensor, x: torch.Tensor
+    ) -> torch.Tensor:
         """A loss the logits reach without cross_entropy/nll_loss: the gradient path."""
         return self.w_ce * user_loss + self.extra(logits, x, None).mean()
 
 
 def grads_of(model: nn.Module) -> Grads:
-    found = {name: p.grad.detach().clone() for name, p in model.named_parameters()
-             if p.grad is not None}
+    found = {
+        name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None
+    }
     assert set(found) == {name for name, _ in model.named_parameters()}, "a parameter got no grad"
     return found
 
@@ -108,8 +143,9 @@ def run(student: nn.Module, step: Step) -> Grads:
     return grads_of(model)
 
 
-def run_injected(student: nn.Module, reference: nn.Module, step: Step,
-                 **attach_kwargs: Any) -> tuple[Grads, dict[str, int]]:
+def run_injected(
+    student: nn.Module, reference: nn.Module, step: Step, **attach_kwargs: Any
+) -> tuple[Grads, dict[str, int]]:
     """Gradients of the unchanged user ``step`` with the injector attached to a fresh copy."""
     model = copy.deepcopy(student)
     with attach(model, reference, **attach_kwargs) as handle:
@@ -120,8 +156,9 @@ def run_injected(student: nn.Module, reference: nn.Module, step: Step,
 def assert_grads_equal(got: Grads, want: Grads, *, atol: float = ATOL, rtol: float = RTOL) -> None:
     assert got.keys() == want.keys()
     for name in got:
-        torch.testing.assert_close(got[name], want[name], atol=atol, rtol=rtol,
-                                   msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(
+            got[name], want[name], atol=atol, rtol=rtol, msg=lambda m, name=name: f"{name}: {m}"
+        )
 
 
 def max_difference(a: Grads, b: Grads) -> float:
@@ -142,6 +179,15 @@ def one_hot(y: torch.Tensor) -> torch.Tensor:
     return F.one_hot(y, CLASSES).float()
 
 
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tiny models: one intra-op thread is faster, and immune to busy cores (2-core CI)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # --- the user's losses --------------------------------------------------------------------
 
 # finish -> (the reduction given to the criterion, what the user does with its value)
@@ -153,8 +199,9 @@ FINISHES: dict[str, tuple[str, Callable[[torch.Tensor], torch.Tensor]]] = {
 }
 
 
-def user_criterion(kind: str, reduction: str) -> Callable[[torch.Tensor, torch.Tensor],
-                                                          torch.Tensor]:
+def user_criterion(
+    kind: str, reduction: str
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     if kind == "module":
         return nn.CrossEntropyLoss(reduction=reduction)
     if kind == "functional":
@@ -180,15 +227,19 @@ CUSTOM_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] =
 @pytest.mark.parametrize("config", list(CONFIGS))
 @pytest.mark.parametrize("finish", list(FINISHES))
 @pytest.mark.parametrize("kind", ["module", "functional", "positional", "nll_module"])
-def test_single_forward_matches_explicit_loss(student, reference_model, batch, kind, finish,
-                                              config):
+def test_single_forward_matches_explicit_loss(
+    student, reference_model, batch, kind, finish, config
+):
     x, y = batch
-    attach_kwargs, loss_config = CONFIGS[config]
+    attach_kwargs, loss_config = loss_setup(config)
     reduction, then = FINISHES[finish]
     base = F.cross_entropy
     if kind == "nll_module":
-        student, reference_model, base = (with_log_softmax(student),
-                                          with_log_softmax(reference_model), F.nll_loss)
+        student, reference_model, base = (
+            with_log_softmax(student),
+            with_log_softmax(reference_model),
+            F.nll_loss,
+        )
     reference = snapshot_reference(reference_model)
     criterion = user_criterion(kind, reduction)
     explicit = Explicit(reference, loss_config)
@@ -211,7 +262,7 @@ def test_single_forward_matches_explicit_loss(student, reference_model, batch, k
 def test_attach_with_a_loss_config_equals_keyword_pieces(student, reference_model, batch):
     x, y = batch
     reference = snapshot_reference(reference_model)
-    attach_kwargs, loss_config = CONFIGS["weighted"]
+    attach_kwargs, loss_config = loss_setup("weighted")
 
     def user(model: nn.Module) -> None:
         F.cross_entropy(model(x), y).backward()
@@ -224,7 +275,7 @@ def test_attach_with_a_loss_config_equals_keyword_pieces(student, reference_mode
 def test_legacy_size_average_is_read_as_sum(student, reference_model, batch):
     x, y = batch
     reference = snapshot_reference(reference_model)
-    explicit = Explicit(reference, CONFIGS["default"][1])
+    explicit = Explicit(reference, loss_setup("default")[1])
 
     def user(model: nn.Module) -> None:
         F.cross_entropy(model(x), y, size_average=False).backward()
@@ -241,7 +292,7 @@ def test_legacy_size_average_is_read_as_sum(student, reference_model, batch):
 def test_soft_targets_and_label_smoothing(student, reference_model, batch, targets):
     x, y = batch
     reference = snapshot_reference(reference_model)
-    explicit = Explicit(reference, CONFIGS["weighted"][1])
+    explicit = Explicit(reference, loss_setup("weighted")[1])
     if targets == "probabilities":
         target = (0.8 * one_hot(y) + 0.2 / CLASSES).softmax(dim=1)
         options: dict[str, Any] = {}
@@ -256,7 +307,7 @@ def test_soft_targets_and_label_smoothing(student, reference_model, batch, targe
         loss = explicit.w_ce * F.cross_entropy(logits, target, **options)
         (loss + explicit.extra(logits, x, target).mean()).backward()
 
-    got, stats = run_injected(student, reference, user, **CONFIGS["weighted"][0])
+    got, stats = run_injected(student, reference, user, **loss_setup("weighted")[0])
     assert_grads_equal(got, run(student, combined))
     assert_grads_differ(got, run(student, user))
     assert stats["via_loss_value"] == 1
@@ -265,7 +316,7 @@ def test_soft_targets_and_label_smoothing(student, reference_model, batch, targe
 def test_inputs_given_as_keyword_arguments(student, reference_model, batch):
     x, y = batch
     reference = snapshot_reference(reference_model)
-    explicit = Explicit(reference, CONFIGS["default"][1])
+    explicit = Explicit(reference, loss_setup("default")[1])
 
     def user(model: nn.Module) -> None:
         F.cross_entropy(model(x=x), y).backward()
@@ -285,7 +336,7 @@ def test_inputs_given_as_keyword_arguments(student, reference_model, batch):
 def test_two_forwards_per_step(student, reference_model, batch, divisor, config):
     x, y = batch
     (x1, x2), (y1, y2) = x.split(6), y.split(6)
-    attach_kwargs, loss_config = CONFIGS[config]
+    attach_kwargs, loss_config = loss_setup(config)
     reference = snapshot_reference(reference_model)
     explicit = Explicit(reference, loss_config)
     module_ce = nn.CrossEntropyLoss()
@@ -313,7 +364,7 @@ def test_two_forwards_per_step(student, reference_model, batch, divisor, config)
 def test_gradient_accumulation(student, reference_model, batch, config):
     x, y = batch
     micro = list(zip(x.split(6), y.split(6), strict=True))
-    attach_kwargs, loss_config = CONFIGS[config]
+    attach_kwargs, loss_config = loss_setup(config)
     reference = snapshot_reference(reference_model)
     explicit = Explicit(reference, loss_config)
 
@@ -338,7 +389,7 @@ def test_gradient_accumulation(student, reference_model, batch, config):
 @pytest.mark.parametrize("loss_name", list(CUSTOM_LOSSES))
 def test_custom_loss_takes_the_gradient_path(student, reference_model, batch, loss_name, config):
     x, y = batch
-    attach_kwargs, loss_config = CONFIGS[config]
+    attach_kwargs, loss_config = loss_setup(config)
     reference = snapshot_reference(reference_model)
     explicit = Explicit(reference, loss_config)
     custom = CUSTOM_LOSSES[loss_name]
@@ -359,7 +410,7 @@ def test_custom_loss_takes_the_gradient_path(student, reference_model, batch, lo
 def test_gradient_path_focal_weights_use_base_only(student, reference_model, batch):
     """Labels are unknown on the gradient path: focal weights are ``base`` for every sample."""
     x, y = batch
-    attach_kwargs, loss_config = CONFIGS["weighted"]
+    attach_kwargs, loss_config = loss_setup("weighted")
     reference = snapshot_reference(reference_model)
     explicit = Explicit(reference, loss_config)
     custom = CUSTOM_LOSSES["mse_softmax"]
@@ -368,8 +419,7 @@ def test_gradient_path_focal_weights_use_base_only(student, reference_model, bat
         logits = model(x)
         (explicit.w_ce * custom(logits, y) + explicit.extra(logits, x, y).mean()).backward()
 
-    got, _ = run_injected(student, reference, lambda m: custom(m(x), y).backward(),
-                          **attach_kwargs)
+    got, _ = run_injected(student, reference, lambda m: custom(m(x), y).backward(), **attach_kwargs)
     assert max_difference(got, run(student, with_labels)) > 1e-3
 
 
@@ -393,7 +443,7 @@ def test_eval_mode_pass_adds_nothing(student, reference_model, batch):
 def test_eval_mode_pass_counts_when_train_mode_only_is_off(student, reference_model, batch):
     x, y = batch
     reference = snapshot_reference(reference_model)
-    explicit = Explicit(reference, CONFIGS["default"][1])
+    explicit = Explicit(reference, loss_setup("default")[1])
 
     def user(model: nn.Module) -> None:
         model.eval()
@@ -408,11 +458,12 @@ def test_eval_mode_pass_counts_when_train_mode_only_is_off(student, reference_mo
     assert stats["training_forwards"] == 1
 
 
-def test_no_grad_pass_adds_nothing_and_later_training_is_unaffected(student, reference_model,
-                                                                    batch):
+def test_no_grad_pass_adds_nothing_and_later_training_is_unaffected(
+    student, reference_model, batch
+):
     x, y = batch
     reference = snapshot_reference(reference_model)
-    explicit = Explicit(reference, CONFIGS["default"][1])
+    explicit = Explicit(reference, loss_setup("default")[1])
     model = copy.deepcopy(student)
     with attach(model, reference) as handle:
         with torch.no_grad():
@@ -501,14 +552,15 @@ SELECT: dict[str, Callable[[Any], torch.Tensor]] = {
 }
 
 
-@pytest.mark.parametrize(("form", "selector"),
-                         [("tuple", 0), ("dict", None), ("dict", "logits"), ("hf", None),
-                          ("hf", "logits")])
+@pytest.mark.parametrize(
+    ("form", "selector"),
+    [("tuple", 0), ("dict", None), ("dict", "logits"), ("hf", None), ("hf", "logits")],
+)
 def test_output_formats(student, reference_model, batch, form, selector):
     x, y = batch
     student, reference = Wrapped(student, form), snapshot_reference(Wrapped(reference_model, form))
     select = SELECT[form]
-    explicit = Explicit(reference, CONFIGS["default"][1], select)
+    explicit = Explicit(reference, loss_setup("default")[1], select)
 
     def user(model: nn.Module) -> None:
         F.cross_entropy(select(model(x)), y).backward()
@@ -525,8 +577,10 @@ def test_output_formats(student, reference_model, batch, form, selector):
 def test_tuple_output_without_selector_says_how_to_give_one(student, reference_model, batch):
     x, _ = batch
     model = Wrapped(student, "tuple")
-    with attach(model, Wrapped(reference_model, "tuple")), \
-            pytest.raises(LogitsError, match="logits:") as caught:
+    with (
+        attach(model, Wrapped(reference_model, "tuple")),
+        pytest.raises(LogitsError, match="logits:") as caught,
+    ):
         model(x)
     assert "tuple" in str(caught.value)
     assert "logits=" in str(caught.value)
@@ -543,20 +597,19 @@ def _patched_attributes() -> tuple[Any, ...]:
 def test_detach_leaves_nothing_behind(student, reference_model, batch, order):
     x, y = batch
     originals = _patched_attributes()
+    other = perturbed(reference_model, seed=3)
     first = attach(student, reference_model)
-    second = attach(student, reference_model)
-    assert all(now is not was
-               for now, was in zip(_patched_attributes(), originals, strict=True))
-    assert len(student._forward_hooks) == 2
+    second = attach(other, reference_model)
+    assert all(now is not was for now, was in zip(_patched_attributes(), originals, strict=True))
+    assert len(student._forward_hooks) == 1 and len(other._forward_hooks) == 1
     handles = [first, second] if order == "first_in_first_out" else [second, first]
     handles[0].detach()
-    assert len(student._forward_hooks) == 1
     assert F.cross_entropy is not originals[0]  # the other handle still needs the patch
     handles[1].detach()
     handles[1].detach()  # idempotent
     assert not first.attached and not second.attached
     assert all(now is was for now, was in zip(_patched_attributes(), originals, strict=True))
-    assert not student._forward_hooks
+    assert not student._forward_hooks and not other._forward_hooks
     assert not student._forward_hooks_with_kwargs
     assert not student._forward_pre_hooks
     assert all(not m._forward_hooks for m in student.modules())
@@ -568,11 +621,65 @@ def test_detach_leaves_nothing_behind(student, reference_model, batch, order):
     assert_grads_equal(run(student, user), plain, atol=0, rtol=0)
 
 
+def test_attaching_twice_to_one_student_is_refused(student, reference_model):
+    handle = attach(student, reference_model)
+    with pytest.raises(LabelkeepError, match="already has labelkeep attached"):
+        attach(student, reference_model)
+    handle.detach()
+    attach(student, reference_model).detach()  # allowed again once detached
+
+
+def test_copies_of_an_attached_student_carry_no_loss(student, reference_model, batch):
+    x, y = batch
+    handle = attach(student, reference_model)
+    clone = copy.deepcopy(student)  # e.g. keeping the best checkpoint
+    buffer = io.BytesIO()
+    torch.save(student, buffer)  # whole-module save pickles the hooks too
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    for model in (clone, loaded):
+        F.cross_entropy(model(x), y).backward()
+    assert handle.stats.forwards == 0
+    handle.detach()
+
+
+def test_last_pass_meter_keeps_only_the_latest_evaluation_pass(student, reference_model, batch):
+    x, y = batch
+    handle = attach(student, reference_model)
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.5)
+    for _epoch in range(2):
+        student.train()
+        optimizer.zero_grad()
+        F.cross_entropy(student(x), y).backward()
+        optimizer.step()
+        student.eval()
+        with torch.no_grad():
+            for _batch in range(3):
+                F.cross_entropy(student(x), y)
+    assert handle.meter.samples == 2 * 3 * len(y)
+    assert handle.last_pass_meter.samples == 3 * len(y)
+    handle.detach()
+
+
+def test_on_error_contains_a_failing_forward(student, reference_model, batch):
+    x, y = batch
+    seen: list[Exception] = []
+    wide = nn.Sequential(nn.Flatten(), nn.Linear(16, 7))  # 7 classes: shapes cannot match
+    handle = InjectionHandle(
+        wide,
+        snapshot_reference(student),
+        LossComposer(LossConfig()),
+        on_error=lambda _handle, exc: seen.append(exc),
+    )
+    F.cross_entropy(wide(x), torch.randint(0, 7, (len(y),))).backward()
+    assert len(seen) == 1 and isinstance(seen[0], ShapeMismatchError)
+    handle.detach()
+
+
 @pytest.mark.parametrize("loss_name", ["cross_entropy", "mse_softmax"])
 def test_backward_after_detach_adds_nothing(student, reference_model, batch, loss_name):
     x, y = batch
-    custom = (F.cross_entropy if loss_name == "cross_entropy"
-              else CUSTOM_LOSSES["mse_softmax"])
+    custom = F.cross_entropy if loss_name == "cross_entropy" else CUSTOM_LOSSES["mse_softmax"]
 
     def user(model: nn.Module) -> None:
         custom(model(x), y).backward()
@@ -630,8 +737,7 @@ def test_a_snapshot_is_used_as_is(student, reference_model):
 def test_class_count_mismatch_names_both_shapes(student, batch):
     x, y = batch
     torch.manual_seed(3)
-    with attach(student, TinyCNN(classes=4)), \
-            pytest.raises(ShapeMismatchError) as caught:
+    with attach(student, TinyCNN(classes=4)), pytest.raises(ShapeMismatchError) as caught:
         F.cross_entropy(student(x), y).backward()
     message = str(caught.value)
     assert "(12, 5)" in message
@@ -685,8 +791,14 @@ class Recorder:
 
     @hookimpl
     def labelkeep_training_step(self, student_logits, reference_logits, targets, terms):
-        self.training.append({"student": student_logits, "reference": reference_logits,
-                              "targets": targets, "terms": terms})
+        self.training.append(
+            {
+                "student": student_logits,
+                "reference": reference_logits,
+                "targets": targets,
+                "terms": terms,
+            }
+        )
 
     @hookimpl
     def labelkeep_evaluation_batch(self, student_logits, reference_logits, targets):
@@ -747,18 +859,16 @@ def test_two_criterion_calls_on_one_forward_count_once(student, reference_model,
     recorder = Recorder()
     get_plugin_manager().register(recorder)
     reference = snapshot_reference(reference_model)
-    attach_kwargs, loss_config = CONFIGS["weighted"]
+    attach_kwargs, loss_config = loss_setup("weighted")
     explicit = Explicit(reference, loss_config)
 
     def user(model: nn.Module) -> None:
         logits = model(x)
-        (lam * F.cross_entropy(logits, y) + (1 - lam) * F.cross_entropy(logits, y_mixed)
-         ).backward()
+        (lam * F.cross_entropy(logits, y) + (1 - lam) * F.cross_entropy(logits, y_mixed)).backward()
 
     def combined(model: nn.Module) -> None:
         logits = model(x)
-        (lam * explicit.ce(logits, x, y) + (1 - lam) * explicit.ce(logits, x, y_mixed)
-         ).backward()
+        (lam * explicit.ce(logits, x, y) + (1 - lam) * explicit.ce(logits, x, y_mixed)).backward()
 
     got, stats = run_injected(student, reference, user, **attach_kwargs)
     assert_grads_equal(got, run(student, combined))
@@ -766,4 +876,3 @@ def test_two_criterion_calls_on_one_forward_count_once(student, reference_model,
     assert (stats["training_forwards"], stats["via_loss_value"], stats["via_gradient"]) == (1, 1, 0)
     assert len(recorder.training) == 1
     assert torch.equal(recorder.training[0]["targets"], y)
-

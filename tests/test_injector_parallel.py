@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import socket
+import faulthandler
+import gc
+import os
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -22,13 +24,13 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from conftest import TinyCNN, perturbed
 from test_injector import (
-    CONFIGS,
     CUSTOM_LOSSES,
     Explicit,
     Grads,
     assert_grads_differ,
     assert_grads_equal,
     grads_of,
+    loss_setup,
     run,
     run_injected,
 )
@@ -44,6 +46,15 @@ def autocast() -> torch.autocast:
     return torch.autocast("cpu", dtype=torch.bfloat16)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tiny models: one intra-op thread is faster, and immune to busy cores (2-core CI)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # --- 5. AMP: torch.autocast(bf16) + torch.amp.GradScaler("cpu") ----------------------------
 
 
@@ -51,13 +62,16 @@ def test_grad_scaler_is_enabled_on_cpu():
     assert torch.amp.GradScaler("cpu", init_scale=INIT_SCALE).is_enabled()
 
 
-@pytest.mark.parametrize(("config", "backward_in_autocast"),
-                         [("default", False), ("weighted", False), ("weighted", True)])
+@pytest.mark.parametrize(
+    ("config", "backward_in_autocast"),
+    [("default", False), ("weighted", False), ("weighted", True)],
+)
 @pytest.mark.parametrize("path", ["loss_value", "gradient"])
-def test_amp_grad_scaler_scaled_gradients(student, reference_model, batch, path, config,
-                                          backward_in_autocast):
+def test_amp_grad_scaler_scaled_gradients(
+    student, reference_model, batch, path, config, backward_in_autocast
+):
     x, y = batch
-    attach_kwargs, loss_config = CONFIGS[config]
+    attach_kwargs, loss_config = loss_setup(config)
     reference = snapshot_reference(reference_model)
     explicit = Explicit(reference, loss_config)
     custom = CUSTOM_LOSSES["mse_softmax"]
@@ -77,8 +91,11 @@ def test_amp_grad_scaler_scaled_gradients(student, reference_model, batch, path,
         scaler = torch.amp.GradScaler("cpu", init_scale=INIT_SCALE)
         with autocast():
             logits = model(x)
-            loss = (explicit.ce(logits, x, y) if path == "loss_value"
-                    else explicit.custom(custom(logits, y), logits, x))
+            loss = (
+                explicit.ce(logits, x, y)
+                if path == "loss_value"
+                else explicit.custom(custom(logits, y), logits, x)
+            )
             if backward_in_autocast:
                 scaler.scale(loss).backward()
         if not backward_in_autocast:
@@ -88,17 +105,19 @@ def test_amp_grad_scaler_scaled_gradients(student, reference_model, batch, path,
     want = run(student, combined)
     # Scaled gradients, before unscale_ (measured: bit-identical; the scale is a power of 2).
     assert_grads_equal(got, want)
-    assert_grads_differ({k: v / INIT_SCALE for k, v in got.items()},
-                        {k: v / INIT_SCALE for k, v in run(student, user).items()})
+    assert_grads_differ(
+        {k: v / INIT_SCALE for k, v in got.items()},
+        {k: v / INIT_SCALE for k, v in run(student, user).items()},
+    )
     assert stats["via_gradient" if path == "gradient" else "via_loss_value"] == 1
 
 
 @pytest.mark.parametrize("path", ["loss_value", "gradient"])
 def test_amp_grad_scaler_unscaled_gradients_tight(student, reference_model, batch, path):
-    """GradScaler without autocast: fp32 throughout, so the tight tolerance applies."""
+    """GradScaler without autocast (fp32), gradients compared after ``unscale_``."""
     x, y = batch
     reference = snapshot_reference(reference_model)
-    explicit = Explicit(reference, CONFIGS["weighted"][1])
+    explicit = Explicit(reference, loss_setup("weighted")[1])
     custom = CUSTOM_LOSSES["hand_nll"]
 
     def loop(model: nn.Module, loss_of) -> None:
@@ -112,11 +131,15 @@ def test_amp_grad_scaler_unscaled_gradients_tight(student, reference_model, batc
         return F.cross_entropy(logits, y) if path == "loss_value" else custom(logits, y)
 
     def combined_loss(logits):
-        return (explicit.ce(logits, x, y) if path == "loss_value"
-                else explicit.custom(custom(logits, y), logits, x))
+        return (
+            explicit.ce(logits, x, y)
+            if path == "loss_value"
+            else explicit.custom(custom(logits, y), logits, x)
+        )
 
-    got, _ = run_injected(student, reference, lambda m: loop(m, user_loss),
-                          **CONFIGS["weighted"][0])
+    got, _ = run_injected(
+        student, reference, lambda m: loop(m, user_loss), **loss_setup("weighted")[0]
+    )
     assert_grads_equal(got, run(student, lambda m: loop(m, combined_loss)))
     assert_grads_differ(got, run(student, lambda m: loop(m, user_loss)))
 
@@ -125,7 +148,7 @@ def test_amp_no_stale_scale_after_update(student, reference_model, batch):
     """After scaler.update(), an unscaled backward must not get the old scale on its extra."""
     x, y = batch
     reference = snapshot_reference(reference_model)
-    explicit = Explicit(reference, CONFIGS["default"][1])
+    explicit = Explicit(reference, loss_setup("default")[1])
     custom = CUSTOM_LOSSES["mse_softmax"]
 
     def loop(model: nn.Module, loss_of) -> None:
@@ -182,7 +205,7 @@ def test_compile_aot_eager(student, reference_model, batch, api, path, when):
     that runs the forward and the user's loss (dynamo meets the patched cross_entropy)."""
     x, y = batch
     reference = snapshot_reference(reference_model)
-    attach_kwargs, loss_config = CONFIGS["weighted"]
+    attach_kwargs, loss_config = loss_setup("weighted")
     explicit = Explicit(reference, loss_config)
     custom = CUSTOM_LOSSES["mse_softmax"]
 
@@ -213,8 +236,11 @@ def test_compile_aot_eager(student, reference_model, batch, api, path, when):
 
     def combined(m: nn.Module) -> None:
         logits = m(x)
-        loss = (explicit.ce(logits, x, y) if path == "loss_value"
-                else explicit.custom(custom(logits, y), logits, x))
+        loss = (
+            explicit.ce(logits, x, y)
+            if path == "loss_value"
+            else explicit.custom(custom(logits, y), logits, x)
+        )
         loss.backward()
 
     def user(m: nn.Module) -> None:
@@ -236,6 +262,7 @@ def test_compile_aot_eager(student, reference_model, batch, api, path, when):
 
 WORLD_SIZE = 2
 DDP_TIMEOUT_S = 120
+DDP_STACKS_AFTER_S = 30  # a worker still running then writes its Python stacks (for a hang)
 
 
 def _rank_batch(rank: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -249,8 +276,13 @@ def _models() -> tuple[nn.Module, nn.Module]:
     return perturbed(reference_model), snapshot_reference(reference_model)
 
 
-def _ddp_step(model: nn.Module, loss_of: Callable[..., torch.Tensor], path: str,
-              x: torch.Tensor, y: torch.Tensor) -> None:
+def _ddp_step(
+    model: nn.Module,
+    loss_of: Callable[..., torch.Tensor],
+    path: str,
+    x: torch.Tensor,
+    y: torch.Tensor,
+) -> None:
     """Loss-value path: two micro-batches, each loss / 2, the first under ``no_sync``
     (accumulation, like a real DDP loop). Gradient path: one backward of the whole batch
     (that path is exact for one backward per step)."""
@@ -287,55 +319,73 @@ DDP_CASES: dict[str, tuple[str, str, dict[str, Any]]] = {
 }
 
 
+def _ddp_case(rank: int, path: str, where: str, ddp_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """One case on this rank: the same step on injected, explicit and plain DDP copies."""
+    student, reference = _models()
+    attach_kwargs, loss_config = loss_setup("weighted")
+    explicit = Explicit(reference, loss_config)
+    x, y = _rank_batch(rank)
+    injected, combined, plain = (
+        DistributedDataParallel(copy.deepcopy(student), **ddp_kwargs) for _ in range(3)
+    )
+    target = injected if where == "wrapper" else injected.module
+    with attach(target, reference, **attach_kwargs) as handle:
+        _ddp_step(injected, _user_loss(path), path, x, y)
+    _ddp_step(combined, _explicit_loss(explicit, path), path, x, y)
+    _ddp_step(plain, _user_loss(path), path, x, y)
+    return {
+        "injected": grads_of(injected.module),
+        "explicit": grads_of(combined.module),
+        "plain": grads_of(plain.module),
+        "stats": handle.stats.as_dict(),
+    }
+
+
 def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
+    stacks = (Path(out_dir) / f"rank{rank}.stacks").open("w")  # open until the process exits
+    faulthandler.dump_traceback_later(DDP_STACKS_AFTER_S, file=stacks)
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=WORLD_SIZE, timeout=timedelta(seconds=60))
+    if Path("/sys/class/net/lo").exists():
+        os.environ["GLOO_SOCKET_IFNAME"] = "lo"  # keep gloo's own sockets on loopback too
+    timeout = timedelta(seconds=60)
+    store = dist.TCPStore("127.0.0.1", port, is_master=False, timeout=timeout)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=WORLD_SIZE, timeout=timeout)
     try:
-        student, reference = _models()
-        attach_kwargs, loss_config = CONFIGS["weighted"]
-        explicit = Explicit(reference, loss_config)
-        x, y = _rank_batch(rank)
-        results: dict[str, Any] = {}
-        for case, (path, where, ddp_kwargs) in DDP_CASES.items():
-            injected, combined, plain = (
-                DistributedDataParallel(copy.deepcopy(student), **ddp_kwargs) for _ in range(3))
-            target = injected if where == "wrapper" else injected.module
-            with attach(target, reference, **attach_kwargs) as handle:
-                _ddp_step(injected, _user_loss(path), path, x, y)
-            _ddp_step(combined, _explicit_loss(explicit, path), path, x, y)
-            _ddp_step(plain, _user_loss(path), path, x, y)
-            results[case] = {
-                "injected": grads_of(injected.module),
-                "explicit": grads_of(combined.module),
-                "plain": grads_of(plain.module),
-                "stats": handle.stats.as_dict(),
-            }
+        results = {case: _ddp_case(rank, *spec) for case, spec in DDP_CASES.items()}
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+        # Free every DDP reducer while the peer is still connected, then leave together:
+        # tearing them down after the other rank had exited hung about 1 run in 8.
+        gc.collect()
+        dist.barrier()
     finally:
         dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        faulthandler.cancel_dump_traceback_later()
 
 
 @pytest.fixture(scope="module")
 def ddp_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     out_dir = tmp_path_factory.mktemp("ddp")
-    context = mp.start_processes(_ddp_worker, args=(_free_port(), str(out_dir)),
-                                 nprocs=WORLD_SIZE, join=False, start_method="spawn")
+    # The parent owns the rendezvous store, bound to a free port on 127.0.0.1 by the OS
+    # (port 0): no window in which another process could take the port.
+    store = dist.TCPStore(
+        "127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=60)
+    )
+    context = mp.start_processes(
+        _ddp_worker,
+        args=(store.port, str(out_dir)),
+        nprocs=WORLD_SIZE,
+        join=False,
+        start_method="spawn",
+    )
     deadline = time.monotonic() + DDP_TIMEOUT_S
     while not context.join(timeout=1):
         if time.monotonic() > deadline:
             for process in context.processes:
                 if process.is_alive():
                     process.kill()
-            pytest.fail(f"DDP workers did not finish within {DDP_TIMEOUT_S} s")
-    return [torch.load(out_dir / f"rank{rank}.pt", weights_only=True)
-            for rank in range(WORLD_SIZE)]
+            stacks = "\n".join(path.read_text() for path in sorted(out_dir.glob("*.stacks")))
+            pytest.fail(f"DDP workers did not finish within {DDP_TIMEOUT_S} s; stacks:\n{stacks}")
+    return [torch.load(out_dir / f"rank{rank}.pt", weights_only=True) for rank in range(WORLD_SIZE)]
 
 
 @pytest.mark.parametrize("case", list(DDP_CASES))
@@ -357,10 +407,12 @@ def test_ddp_ranks_agree_and_equal_the_average_of_local_explicit_losses(ddp_resu
     for name in first:  # all-reduced: bit-identical on both ranks
         assert torch.equal(first[name], second[name]), name
     student, reference = _models()
-    explicit = Explicit(reference, CONFIGS["weighted"][1])
+    explicit = Explicit(reference, loss_setup("weighted")[1])
     local: list[Grads] = [
-        run(student, lambda m, r=rank: _ddp_step(m, _explicit_loss(explicit, path), path,
-                                                 *_rank_batch(r)))
+        run(
+            student,
+            lambda m, r=rank: _ddp_step(m, _explicit_loss(explicit, path), path, *_rank_batch(r)),
+        )
         for rank in range(WORLD_SIZE)
     ]
     average = {name: (local[0][name] + local[1][name]) / WORLD_SIZE for name in local[0]}

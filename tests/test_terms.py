@@ -52,14 +52,14 @@ def test_kd_is_batchmean_kl_times_t_squared(logits, temperature):
     per_sample = TERMS["kd"].per_sample(TermInputs(student, reference, targets, temperature))
     assert per_sample.shape == (N,)
     torch.testing.assert_close(per_sample.mean(), kd_reference(student, reference, temperature))
-    value, terms = composer({"kd": 1.0}, temperature).total(student, reference, targets)
+    value, terms = composer({"ce": 0.0, "kd": 1.0}, temperature).total(student, reference, targets)
     torch.testing.assert_close(value, kd_reference(student, reference, temperature))
     torch.testing.assert_close(terms["kd"], value)
 
 
 def test_kd_is_zero_for_identical_logits(logits):
     student, _, targets = logits
-    value, _ = composer({"kd": 1.0}).total(student, student.clone(), targets)
+    value, _ = composer({"ce": 0.0, "kd": 1.0}).total(student, student.clone(), targets)
     assert abs(value.item()) < 1e-6
 
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Iterator, Mapping
+import weakref
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -25,8 +26,11 @@ from torch import nn
 
 from labelkeep_plugins.composer import LossComposer, check_pair
 from labelkeep_plugins.config import FocalConfig, LogitsSelector, LossConfig
+from labelkeep_plugins.errors import LabelkeepError
 from labelkeep_plugins.injector import criterion, scaler
 from labelkeep_plugins.injector.capture import CapturedForward, ForwardRegistry
+from labelkeep_plugins.injector.evaluation import PassMeters
+from labelkeep_plugins.injector.forward_hook import ForwardHook
 from labelkeep_plugins.logits import as_logits
 from labelkeep_plugins.metrics import AgreementMeter
 from labelkeep_plugins.plugins import load_plugins
@@ -47,24 +51,68 @@ class InjectionStats:
         return asdict(self)
 
 
-class InjectionHandle:
-    """The live attachment; ``detach()`` removes every hook and patch it installed."""
+ErrorHandler = Callable[["InjectionHandle", Exception], None]
 
-    def __init__(self, student: nn.Module, reference: nn.Module, composer: LossComposer, *,
-                 logits: LogitsSelector = None, train_mode_only: bool = True) -> None:
+_attached: weakref.WeakKeyDictionary[nn.Module, InjectionHandle] = weakref.WeakKeyDictionary()
+
+
+def _contained(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Route a failure inside a hook to the handle's ``on_error`` (if any) and pass through."""
+
+    @functools.wraps(method)
+    def wrapper(self: InjectionHandle, *args: Any) -> Any:
+        try:
+            return method(self, *args)
+        except Exception as exc:
+            if self._on_error is None:
+                raise
+            self._on_error(self, exc)
+            return None
+
+    return wrapper
+
+
+class InjectionHandle:
+    """The live attachment; ``detach()`` removes every hook and patch it installed.
+
+    ``on_error``: without it a failure in a hook (unreadable logits, a shape
+    mismatch) raises into the user's training step; with it (auto mode) the
+    failure goes to the callback and that step passes through unmodified.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        reference: nn.Module,
+        composer: LossComposer,
+        *,
+        logits: LogitsSelector = None,
+        train_mode_only: bool = True,
+        on_error: ErrorHandler | None = None,
+    ) -> None:
+        existing = _attached.get(student)
+        if existing is not None and existing.attached:
+            raise LabelkeepError(
+                f"{type(student).__name__} already has labelkeep attached; call "
+                "detach() on its handle first (two would add the loss twice)"
+            )
         self.student = student
         self.reference = reference
         self.composer = composer
         self.logits_selector = logits
         self.train_mode_only = train_mode_only
         self.stats = InjectionStats()
-        self._meter = AgreementMeter()
+        self._meters = PassMeters()
+        self._on_error = on_error
         self._released: list[CapturedForward] = []
         self._registry = ForwardRegistry(self._released.append)
         self._hooks = load_plugins().hook
         self._muted = 0
         self._attached = True
-        self._forward_hook = student.register_forward_hook(self._on_forward, with_kwargs=True)
+        self._forward_hook = student.register_forward_hook(
+            ForwardHook(self._on_forward), with_kwargs=True
+        )
+        _attached[student] = self
         _forget_compiled_code()
         criterion.add_listener(self)
         scaler.acquire()
@@ -75,10 +123,17 @@ class InjectionHandle:
 
     @property
     def meter(self) -> AgreementMeter:
-        """Agreement with the reference over the evaluation forwards seen so far."""
+        """Agreement with the reference over every evaluation forward seen so far."""
         self._registry.flush(evaluation_only=True)
         self._drain()
-        return self._meter
+        return self._meters.all
+
+    @property
+    def last_pass_meter(self) -> AgreementMeter:
+        """Agreement over the latest evaluation pass (evaluation forwards between trainings)."""
+        self._registry.flush(evaluation_only=True)
+        self._drain()
+        return self._meters.last
 
     def detach(self) -> None:
         """Remove the forward hook and the shared patches; pending gradient hooks go inert."""
@@ -86,6 +141,8 @@ class InjectionHandle:
             return
         self._attached = False
         self._forward_hook.remove()
+        if _attached.get(self.student) is self:
+            del _attached[self.student]
         criterion.remove_listener(self)
         scaler.release()
         self._registry.flush()
@@ -107,31 +164,41 @@ class InjectionHandle:
             self._muted -= 1
 
     @torch.compiler.disable
-    def _on_forward(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
-                    output: Any) -> None:
+    @_contained
+    def _on_forward(
+        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+    ) -> None:
         if self._muted or not self._attached:
             return
         self._drain()
         logits = as_logits(output, self.logits_selector)
-        training = (torch.is_grad_enabled() and logits.requires_grad
-                    and (module.training or not self.train_mode_only))
+        training = (
+            torch.is_grad_enabled()
+            and logits.requires_grad
+            and (module.training or not self.train_mode_only)
+        )
         reference_logits = self._run_reference(args, kwargs, logits.device)
         check_pair(logits, reference_logits)
-        entry = self._registry.add(logits, reference_logits, training)
+        entry = self._registry.add(
+            logits, reference_logits, training, self._meters.pass_of_next_forward(training)
+        )
         self.stats.forwards += 1
         if training:
             self.stats.training_forwards += 1
             logits.register_hook(functools.partial(self._on_gradient, entry))
 
-    def _run_reference(self, args: tuple[Any, ...], kwargs: dict[str, Any],
-                       device: torch.device) -> torch.Tensor:
+    def _run_reference(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], device: torch.device
+    ) -> torch.Tensor:
         move_to(self.reference, device)
         with torch.no_grad():
             output = self.reference(*args, **kwargs)
         return as_logits(output, self.logits_selector).detach()
 
-    def on_criterion(self, logits: torch.Tensor, target: torch.Tensor, loss: torch.Tensor,
-                     reduction: str) -> torch.Tensor | None:
+    @_contained
+    def on_criterion(
+        self, logits: torch.Tensor, target: torch.Tensor, loss: torch.Tensor, reduction: str
+    ) -> torch.Tensor | None:
         entry = self._registry.find(logits)
         if entry is None or self._muted or not self._attached:
             return None
@@ -147,6 +214,7 @@ class InjectionHandle:
             self._notify_training(entry, values, _labels(target))
         return self.composer.ground_truth_weight * loss + _reduce(extra, reduction)
 
+    @_contained
     def _on_gradient(self, entry: CapturedForward, grad: torch.Tensor) -> torch.Tensor | None:
         if entry.handled or self._muted or not self._attached:
             return None
@@ -161,12 +229,20 @@ class InjectionHandle:
         self._notify_training(entry, values, None)
         return grad * self.composer.ground_truth_weight + extra_grad.to(grad.dtype)
 
-    def _notify_training(self, entry: CapturedForward, values: Mapping[str, torch.Tensor],
-                         targets: torch.Tensor | None) -> None:
+    def _notify_training(
+        self,
+        entry: CapturedForward,
+        values: Mapping[str, torch.Tensor],
+        targets: torch.Tensor | None,
+    ) -> None:
         hook = self._hooks.labelkeep_training_step
         if hook.get_hookimpls():
-            hook(student_logits=entry.student, reference_logits=entry.reference,
-                 targets=targets, terms=dict(values))
+            hook(
+                student_logits=entry.student,
+                reference_logits=entry.reference,
+                targets=targets,
+                terms=dict(values),
+            )
 
     def _drain(self) -> None:
         """Count evaluation forwards whose logits were freed (or flushed) since the last look."""
@@ -175,18 +251,27 @@ class InjectionHandle:
             if entry.training:
                 continue
             self.stats.evaluation_batches += 1
-            self._meter.update(entry.reference, entry.student, entry.targets)
+            self._meters.update(entry.pass_id, entry.reference, entry.student, entry.targets)
             hook = self._hooks.labelkeep_evaluation_batch
             if hook.get_hookimpls():
-                hook(student_logits=entry.student, reference_logits=entry.reference,
-                     targets=entry.targets)
+                hook(
+                    student_logits=entry.student,
+                    reference_logits=entry.reference,
+                    targets=entry.targets,
+                )
 
 
-def attach(student: nn.Module, reference: nn.Module, *,
-           weights: Mapping[str, float] | None = None, temperature: float | None = None,
-           focal: Mapping[str, float] | FocalConfig | bool | None = None,
-           logits: LogitsSelector = None, train_mode_only: bool = True,
-           loss: LossConfig | None = None) -> InjectionHandle:
+def attach(
+    student: nn.Module,
+    reference: nn.Module,
+    *,
+    weights: Mapping[str, float] | None = None,
+    temperature: float | None = None,
+    focal: Mapping[str, float] | FocalConfig | bool | None = None,
+    logits: LogitsSelector = None,
+    train_mode_only: bool = True,
+    loss: LossConfig | None = None,
+) -> InjectionHandle:
     """Make every training forward of ``student`` train against the label-preserving loss.
 
     ``reference`` is used as is when it came from :func:`snapshot_reference`, else a
@@ -195,12 +280,20 @@ def attach(student: nn.Module, reference: nn.Module, *,
     ``focal=False`` turns focal weights off) or a whole ``loss`` config.
     """
     config = loss if loss is not None else loss_config(weights, temperature, focal)
-    return InjectionHandle(student, as_reference(reference), LossComposer(config),
-                           logits=logits, train_mode_only=train_mode_only)
+    return InjectionHandle(
+        student,
+        as_reference(reference),
+        LossComposer(config),
+        logits=logits,
+        train_mode_only=train_mode_only,
+    )
 
 
-def loss_config(weights: Mapping[str, float] | None, temperature: float | None,
-                focal: Mapping[str, float] | FocalConfig | bool | None) -> LossConfig:
+def loss_config(
+    weights: Mapping[str, float] | None,
+    temperature: float | None,
+    focal: Mapping[str, float] | FocalConfig | bool | None,
+) -> LossConfig:
     """A validated :class:`LossConfig` from keyword pieces; None keeps each default."""
     changes: dict[str, Any] = {}
     if weights is not None:

@@ -17,6 +17,7 @@ class CapturedForward:
     student: torch.Tensor
     reference: torch.Tensor
     training: bool
+    pass_id: int = 0
     handled: bool = False
     targets: torch.Tensor | None = field(default=None)
 
@@ -32,11 +33,13 @@ class ForwardRegistry:
         self._entries: dict[int, CapturedForward] = {}
         self._on_release = on_release
 
-    def add(self, logits: torch.Tensor, reference: torch.Tensor, training: bool) -> CapturedForward:
+    def add(
+        self, logits: torch.Tensor, reference: torch.Tensor, training: bool, pass_id: int = 0
+    ) -> CapturedForward:
         key = id(logits)
         self._release(key)
         ref = weakref.ref(logits, lambda _ref, key=key: self._release(key))
-        entry = CapturedForward(ref, logits.detach(), reference, training)
+        entry = CapturedForward(ref, logits.detach(), reference, training, pass_id)
         self._entries[key] = entry
         return entry
 

@@ -26,8 +26,9 @@ _REDUCTION_POSITION = 4  # among the arguments after (input, target), in both fu
 
 
 class CriterionListener(Protocol):
-    def on_criterion(self, logits: torch.Tensor, target: torch.Tensor, loss: torch.Tensor,
-                     reduction: str) -> torch.Tensor | None:
+    def on_criterion(
+        self, logits: torch.Tensor, target: torch.Tensor, loss: torch.Tensor, reduction: str
+    ) -> torch.Tensor | None:
         """Return the combined loss if ``logits`` are this listener's, else None."""
 
 

@@ -40,8 +40,11 @@ def pruned_positions(masks: Mapping[str, Mapping[str, Any]]) -> Masks:
     pruned: Masks = {}
     for module_name, targets in masks.items():
         for target, mask in targets.items():
-            if isinstance(mask, torch.Tensor) and not target.startswith("_") and bool(
-                    (mask == 0).any()):
+            if (
+                isinstance(mask, torch.Tensor)
+                and not target.startswith("_")
+                and bool((mask == 0).any())
+            ):
                 pruned[(module_name, target)] = (mask == 0).detach().cpu()
     return pruned
 
@@ -51,8 +54,7 @@ class MaskWatch:
 
     def __init__(self, warn: Callable[[str, str], Any]) -> None:
         self._warn = warn
-        self._watches: weakref.WeakKeyDictionary[nn.Module, _Watch] = (
-            weakref.WeakKeyDictionary())
+        self._watches: weakref.WeakKeyDictionary[nn.Module, _Watch] = weakref.WeakKeyDictionary()
 
     def remember(self, model: nn.Module, masks: Mapping[str, Mapping[str, Any]]) -> None:
         """At the end of a pruner's ``compress()``: keep its masks for a later unwrap."""
@@ -109,9 +111,11 @@ def _regrown(model: nn.Module, pruned: Masks) -> list[str] | None:
 
 def _message(model_name: str, regrown: list[str]) -> str:
     shown = ", ".join(regrown[:6]) + (f" and {len(regrown) - 6} more" if len(regrown) > 6 else "")
-    return (f"{model_name} is being trained after unwrap_model() with non-zero values at pruned "
-            f"positions: {shown} (non-zero/pruned). NNI's masks are no longer applied, so "
-            f"fine-tuning trains the pruned weights back. Fix: run ModelSpeedup(model, "
-            f"dummy_input, masks).speedup_model() before fine-tuning, or re-apply each mask with "
-            f"torch.nn.utils.prune.custom_from_mask(module, name, mask) (and prune.remove after "
-            f"fine-tuning)")
+    return (
+        f"{model_name} is being trained after unwrap_model() with non-zero values at pruned "
+        f"positions: {shown} (non-zero/pruned). NNI's masks are no longer applied, so "
+        f"fine-tuning trains the pruned weights back. Fix: run ModelSpeedup(model, "
+        f"dummy_input, masks).speedup_model() before fine-tuning, or re-apply each mask with "
+        f"torch.nn.utils.prune.custom_from_mask(module, name, mask) (and prune.remove after "
+        f"fine-tuning)"
+    )

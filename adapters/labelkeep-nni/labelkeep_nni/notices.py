@@ -8,6 +8,7 @@ message is printed once to stderr (prefixed ``labelkeep: nni:``) and kept in
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 PREFIX = "labelkeep: nni: "
 
@@ -31,3 +32,28 @@ class Notices:
     def clear(self) -> None:
         self.lines.clear()
         self._keys.clear()
+
+
+def already_wrapped(compressor: str) -> str:
+    return (
+        f"{compressor}: the model is already wrapped by an NNI compressor that labelkeep did not "
+        f"see (labelkeep was activated after it), so no clean reference can be taken; NNI's "
+        f"training runs without the label-preserving loss"
+    )
+
+
+def no_training_forward(compressor: str, evaluator: Any, model: Any) -> str:
+    return (
+        f"{compressor}.compress(): NNI trained the model through {type(evaluator).__name__}, "
+        f"but labelkeep saw no training forward of {type(model).__name__}, so that training ran "
+        f"without the label-preserving loss. The training step must call the bound model itself "
+        f"(in a LightningModule: self(x), not self.net(x)), in train mode with gradients enabled"
+    )
+
+
+def no_reference(evaluator: Any, model: Any) -> str:
+    return (
+        f"{type(evaluator).__name__}.bind_model: labelkeep has no reference for "
+        f"{type(model).__name__} (no NNI compressor was built on it while labelkeep was active), "
+        f"so this training runs without the label-preserving loss"
+    )

@@ -72,8 +72,9 @@ class OptimizerCheck:
         if any(pid not in in_model for pid in _parameter_ids(optimizers)):
             self._stale[evaluator] = compressor_name
 
-    def after_bind(self, evaluator: Any, model: nn.Module,
-                   reference: nn.Module | None) -> tuple[str, list[str]] | None:
+    def after_bind(
+        self, evaluator: Any, model: nn.Module, reference: nn.Module | None
+    ) -> tuple[str, list[str]] | None:
         """(compressor name, missing parameter names) when the defect hit this evaluator."""
         compressor_name = self._stale.get(evaluator)
         optimizers = bound_optimizers(evaluator)
@@ -96,10 +97,12 @@ def _missing(model: nn.Module, in_optimizer: set[int], known: set[str] | None) -
 
 def message(compressor_name: str, evaluator: Any, missing: list[str]) -> str:
     shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
-    return (f"{compressor_name}: {shown} are missing from the optimizer that "
-            f"{type(evaluator).__name__} re-created, so NNI's training will not update them "
-            f"(NNI defect: the evaluator was first initialised after the inner pruner was "
-            f"unwrapped, which re-creates those parameters). Fix: give the evaluator to the "
-            f"first compressor built on the model, e.g. "
-            f"{compressor_name}(TaylorPruner(model, config_list, evaluator, training_steps), ...) "
-            f"or L1NormPruner(model, config_list, evaluator)")
+    return (
+        f"{compressor_name}: {shown} are missing from the optimizer that "
+        f"{type(evaluator).__name__} re-created, so NNI's training will not update them "
+        f"(NNI defect: the evaluator was first initialised after the inner pruner was "
+        f"unwrapped, which re-creates those parameters). Fix: give the evaluator to the "
+        f"first compressor built on the model, e.g. "
+        f"{compressor_name}(TaylorPruner(model, config_list, evaluator, training_steps), ...) "
+        f"or L1NormPruner(model, config_list, evaluator)"
+    )

@@ -55,8 +55,9 @@ def lightning_shims(patches: PatchSet) -> list[str]:
     def set_max_steps(loop: Any, value: int) -> None:
         loop.epoch_loop.max_steps = value
 
-    patches.patch(_FitLoop, "max_steps", property(current.fget, set_max_steps, None,
-                                                   current.__doc__))
+    patches.patch(
+        _FitLoop, "max_steps", property(current.fget, set_max_steps, None, current.__doc__)
+    )
     return [f"pytorch-lightning {pl.__version__}: fit_loop.max_steps settable"]
 
 
@@ -74,15 +75,19 @@ def transformers_shims(patches: PatchSet, evaluator_class: type) -> list[str]:
         applied.append(f"transformers {version}: compute_loss keywords passed through")
     if len(inspect.signature(Trainer.get_optimizer_cls_and_kwargs).parameters) > 1:
         original = evaluator_class._init_optimizer_helpers
-        patches.patch(evaluator_class, "_init_optimizer_helpers",
-                      _init_optimizer_helpers(original, Trainer))
+        patches.patch(
+            evaluator_class, "_init_optimizer_helpers", _init_optimizer_helpers(original, Trainer)
+        )
         applied.append(f"transformers {version}: default optimizer traced for NNI")
     return applied
 
 
 def _patch_optimizer_step(original: Callable[..., None]) -> Callable[..., None]:
-    def patch_optimizer_step(evaluator: Any, before_step_tasks: list[Callable[[], Any]],
-                             after_step_tasks: list[Callable[[], Any]]) -> None:
+    def patch_optimizer_step(
+        evaluator: Any,
+        before_step_tasks: list[Callable[[], Any]],
+        after_step_tasks: list[Callable[[], Any]],
+    ) -> None:
         trainer = evaluator.trainer
         if getattr(trainer, "deepspeed", None) is not None or trainer.optimizer is None:
             original(evaluator, before_step_tasks, after_step_tasks)
@@ -107,8 +112,9 @@ def _patch_loss(evaluator: Any, patch: Callable[[Any, Any], Any]) -> None:
     """NNI's ``patch_loss`` with the trainer's extra ``compute_loss`` keywords passed through."""
     old_compute_loss = evaluator.trainer.compute_loss
 
-    def patched_compute_loss(_trainer: Any, model: Any, inputs: Any,
-                             return_outputs: bool = False, **kwargs: Any) -> Any:
+    def patched_compute_loss(
+        _trainer: Any, model: Any, inputs: Any, return_outputs: bool = False, **kwargs: Any
+    ) -> Any:
         result = old_compute_loss(model, inputs, return_outputs=return_outputs, **kwargs)
         if return_outputs:
             return patch(result[0], inputs), result[1]
@@ -117,8 +123,9 @@ def _patch_loss(evaluator: Any, patch: Callable[[Any, Any], Any]) -> None:
     evaluator.trainer.compute_loss = types.MethodType(patched_compute_loss, evaluator.trainer)
 
 
-def _init_optimizer_helpers(original: Callable[..., None],
-                            trainer_class: type) -> Callable[..., None]:
+def _init_optimizer_helpers(
+    original: Callable[..., None], trainer_class: type
+) -> Callable[..., None]:
     def _init_optimizer_helpers(evaluator: Any, pure_model: Any) -> None:
         import nni
         from nni.common import is_traceable

@@ -46,7 +46,7 @@ class SpeedupPatch:
 
     def __init__(self, adapter: NNIAdapter) -> None:
         self.adapter = adapter
-        self._tracer_failure: str | None | bool = False  # False: not probed yet
+        self._tracer_failure: str | bool | None = False  # False: not probed yet
 
     def install(self, module: Any) -> None:
         speedup_class = module.ModelSpeedup
@@ -75,8 +75,12 @@ class SpeedupPatch:
         __init__.__wrapped__ = speedup_class.__init__  # type: ignore[attr-defined]
         return __init__
 
-    def _with_graph_module(self, speedup: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
-                           ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    def _with_graph_module(
+        self,
+        speedup: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """Arguments with ``graph_module=`` filled in where NNI's own tracer cannot work."""
         bound = self._signature.bind(speedup, *args, **kwargs)
         model = bound.arguments.get("model")
@@ -89,17 +93,25 @@ class SpeedupPatch:
         try:
             graph_module = torch.fx.symbolic_trace(model)
         except Exception as exc:
-            self.adapter.notices.warn("speedup-fx-failed", (
-                f"ModelSpeedup: NNI's concrete tracer does not work with torch {version} "
-                f"({failure}), and torch.fx.symbolic_trace cannot trace "
-                f"{type(model).__name__} either ({type(exc).__name__}: {exc}); NNI's error "
-                f"follows. Trace the model yourself (torch.fx with concrete_args or leaf "
-                f"modules) and pass it as ModelSpeedup(..., graph_module=...)"))
+            self.adapter.notices.warn(
+                "speedup-fx-failed",
+                (
+                    f"ModelSpeedup: NNI's concrete tracer does not work with torch {version} "
+                    f"({failure}), and torch.fx.symbolic_trace cannot trace "
+                    f"{type(model).__name__} either ({type(exc).__name__}: {exc}); NNI's error "
+                    f"follows. Trace the model yourself (torch.fx with concrete_args or leaf "
+                    f"modules) and pass it as ModelSpeedup(..., graph_module=...)"
+                ),
+            )
             return args, kwargs
-        self.adapter.notices.warn("speedup-fx", (
-            f"ModelSpeedup: NNI's concrete tracer does not work with torch {version} "
-            f"({failure}); labelkeep passed graph_module=torch.fx.symbolic_trace(model), NNI's "
-            f"documented alternative. Pass graph_module= yourself to make this explicit"))
+        self.adapter.notices.warn(
+            "speedup-fx",
+            (
+                f"ModelSpeedup: NNI's concrete tracer does not work with torch {version} "
+                f"({failure}); labelkeep passed graph_module=torch.fx.symbolic_trace(model), NNI's "
+                f"documented alternative. Pass graph_module= yourself to make this explicit"
+            ),
+        )
         bound.arguments["graph_module"] = graph_module
         return bound.args[1:], bound.kwargs
 
@@ -121,8 +133,7 @@ class SpeedupPatch:
         return speedup_model
 
     def _keep_reference(self, model: Any, result: Any) -> None:
-        if result is model or not isinstance(model, nn.Module) or not isinstance(
-                result, nn.Module):
+        if result is model or not isinstance(model, nn.Module) or not isinstance(result, nn.Module):
             return
         session = self.adapter.session
         if session is not None and session.reference_of(model) is not None:

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from typing import Any
 
 from labelkeep_plugins import hookimpl
-
 from labelkeep_torch_pruning.adapter import LOSS_DURING_IMPORTANCE_ENV, TorchPruningAdapter
 
 __all__ = ["LOSS_DURING_IMPORTANCE_ENV", "TorchPruningAdapter", "labelkeep_register_adapters"]

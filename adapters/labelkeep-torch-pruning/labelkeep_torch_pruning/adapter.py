@@ -47,8 +47,11 @@ def loss_during_importance_from_env() -> bool:
     if value in _TRUE:
         return True
     if value not in _FALSE:
-        print(f"labelkeep: torch-pruning: {LOSS_DURING_IMPORTANCE_ENV}={value!r} is not one of "
-              f"1/true/yes/on or 0/false/no/off; using the default (off)", file=sys.stderr)
+        print(
+            f"labelkeep: torch-pruning: {LOSS_DURING_IMPORTANCE_ENV}={value!r} is not one of "
+            f"1/true/yes/on or 0/false/no/off; using the default (off)",
+            file=sys.stderr,
+        )
     return False
 
 
@@ -71,38 +74,33 @@ class TorchPruningAdapter(PatchingAdapter):
         self.loss_during_importance = False
         self.warnings: list[str] = []
         self._phases: weakref.WeakKeyDictionary[nn.Module, StudentPhase] = (
-            weakref.WeakKeyDictionary())
+            weakref.WeakKeyDictionary()
+        )
         self._local = threading.local()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def install(self, session: Session) -> None:
-        """Patch the four entry points; a failure part-way undoes what was already patched."""
-        from torch_pruning.dependency.graph import DependencyGraph
-        from torch_pruning.dependency.group import Group
-        from torch_pruning.pruner.algorithms.base_pruner import BasePruner
+        """Patch the four entry points (the host undoes them all if one fails part-way)."""
+        # Import paths valid in 1.5 (a dependency module) and 1.6 (a dependency package).
+        from torch_pruning.dependency import DependencyGraph, Group
+        from torch_pruning.pruner import BasePruner
 
-        self.loss_during_importance = (self._option if self._option is not None
-                                       else loss_during_importance_from_env())
-        try:
-            self._wrap_entry(BasePruner, "__init__", "BasePruner.__init__", nested=False)
-            self._wrap_entry(DependencyGraph, "build_dependency",
-                             "DependencyGraph.build_dependency", nested=True)
-            self._wrap_step(BasePruner)
-            self._wrap_group_prune(Group)
-        except BaseException:
-            self.patches.undo()
-            raise
+        self.loss_during_importance = (
+            self._option if self._option is not None else loss_during_importance_from_env()
+        )
+        self._wrap_entry(BasePruner, "__init__", "BasePruner.__init__", nested=False)
+        self._wrap_entry(
+            DependencyGraph, "build_dependency", "DependencyGraph.build_dependency", nested=True
+        )
+        self._wrap_step(BasePruner)
+        self._wrap_group_prune(Group)
 
     def uninstrument(self) -> None:
         for phase in list(self._phases.values()):
             phase.close()
         self._phases = weakref.WeakKeyDictionary()
         super().uninstrument()
-
-    def phase_of(self, model: nn.Module) -> StudentPhase | None:
-        """The phase of a model this adapter has seen (for tests and diagnostics)."""
-        return self._phases.get(unwrap_model(model))
 
     # -- patches -----------------------------------------------------------------------------
 
@@ -182,8 +180,12 @@ class TorchPruningAdapter(PatchingAdapter):
             make_copy_safe(student, handle)
             phase = self._phases.get(student)
             if phase is None:
-                phase = StudentPhase(handle, selector=session.config.logits, warn=self._warn,
-                                     guard=functools.partial(session.guard, self.name))
+                phase = StudentPhase(
+                    handle,
+                    selector=session.config.logits,
+                    warn=self._warn,
+                    guard=functools.partial(session.guard, self.name),
+                )
                 self._phases[student] = phase
             phase.adopt(handle)
             if not self.loss_during_importance:
@@ -198,8 +200,9 @@ class TorchPruningAdapter(PatchingAdapter):
             if phase is not None:
                 phase.open()
 
-    def _open_when_done(self, groups: Generator[Any, Any, Any],
-                        model: nn.Module | None) -> Generator[Any, Any, Any]:
+    def _open_when_done(
+        self, groups: Generator[Any, Any, Any], model: nn.Module | None
+    ) -> Generator[Any, Any, Any]:
         """An interactive step counts as done when its generator is exhausted or closed."""
         try:
             return (yield from groups)

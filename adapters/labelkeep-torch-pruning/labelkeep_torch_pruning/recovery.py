@@ -46,8 +46,9 @@ class EvalModeWatch:
     first train-mode forward or after it has warned.
     """
 
-    def __init__(self, model: nn.Module, selector: LogitsSelector,
-                 warn: Callable[[str], None], guard: Guard) -> None:
+    def __init__(
+        self, model: nn.Module, selector: LogitsSelector, warn: Callable[[str], None], guard: Guard
+    ) -> None:
         self._selector = selector
         self._warn = warn
         self._guard = guard
@@ -83,8 +84,14 @@ class EvalModeWatch:
 class StudentPhase:
     """Holds the loss back while importance is estimated; opens it once the model is pruned."""
 
-    def __init__(self, handle: InjectionHandle, *, selector: LogitsSelector,
-                 warn: Callable[[str], None], guard: Guard) -> None:
+    def __init__(
+        self,
+        handle: InjectionHandle,
+        *,
+        selector: LogitsSelector,
+        warn: Callable[[str], None],
+        guard: Guard,
+    ) -> None:
         self.handle = handle
         self._selector = selector
         self._warn = warn
@@ -125,8 +132,9 @@ class StudentPhase:
         self.release()
         self.pruned = True
         if self._watch is None:
-            self._watch = EvalModeWatch(self.handle.student, self._selector, self._warn,
-                                        self._guard)
+            self._watch = EvalModeWatch(
+                self.handle.student, self._selector, self._warn, self._guard
+            )
 
     def close(self) -> None:
         """Release the hold and remove the watch (at uninstrument)."""
