@@ -35,7 +35,6 @@ from torch.utils.hooks import RemovableHandle
 from labelkeep_brevitas.students import (
     HandBuiltWatcher,
     disable_quantization,
-    make_copy_safe,
     warn_if_frozen_once,
 )
 from labelkeep_plugins.adapters import PatchingAdapter
@@ -126,7 +125,6 @@ class BrevitasAdapter(PatchingAdapter):
     def _attach(self, session: Session, student: nn.Module) -> None:
         existing = session.handle_of(student)
         handle = existing if existing is not None else session.attach(student)
-        make_copy_safe(student, handle)
         self.handbuilt.release(student)
         if existing is None:
             self._handles.append(handle)

@@ -72,40 +72,6 @@ def disable_quantization(reference: nn.Module) -> bool:
     return True
 
 
-class InertHook:
-    """What a copied or unpickled student gets in place of the injector's hook: nothing."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-class CopySafeHook:
-    """Calls the injector's forward hook; copies of the student get an :class:`InertHook`."""
-
-    def __init__(self, hook: Any) -> None:
-        self.hook = hook
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.hook(*args, **kwargs)
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> InertHook:
-        return InertHook()
-
-    def __reduce__(self) -> tuple[type, tuple[()]]:
-        return InertHook, ()
-
-
-def make_copy_safe(student: nn.Module, handle: Any) -> bool:
-    """Wrap the forward hook the injector put on ``student`` in a :class:`CopySafeHook`."""
-    removable = getattr(handle, "_forward_hook", None)
-    hook_id = getattr(removable, "id", None)
-    hooks = student._forward_hooks
-    if hook_id is None or hook_id not in hooks or isinstance(hooks[hook_id], CopySafeHook):
-        return False
-    hooks[hook_id] = CopySafeHook(hooks[hook_id])
-    return True
-
-
 def warn_if_frozen_once(model: nn.Module) -> RemovableHandle:
     """At ``model``'s first training forward, warn if quantized weights cannot train.
 

@@ -94,22 +94,11 @@ class NNIAdapter(PatchingAdapter):
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def instrument(self, session: Session) -> None:
-        """Patch NNI; if that fails half way, take back what was patched before re-raising.
-
-        The host only calls ``uninstrument()`` on adapters whose ``instrument()``
-        returned, so a half-applied set of patches would otherwise outlive the run.
-        """
-        try:
-            super().instrument(session)
-        except BaseException:
-            self.uninstrument()
-            raise
-
     def install(self, session: Session) -> None:
         from nni.compression.base import compressor as compressor_module
         from nni.compression.utils import evaluator as evaluator_module
 
+        self.notices.session = session
         compressor = compressor_module.Compressor
         self._wrap(compressor, "__init__", self._compressor_init)
         self._wrap(compressor, "compress", self._compress)

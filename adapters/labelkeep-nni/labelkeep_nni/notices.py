@@ -1,14 +1,16 @@
 """The adapter's one-line warnings about known NNI defects.
 
-The host session has no warnings list yet, so the adapter keeps its own: each
-message is printed once to stderr (prefixed ``labelkeep: nni:``) and kept in
-:attr:`Notices.lines` for tests and for the run report once the host carries it.
+Each message is given once: to the session (stderr, prefixed ``labelkeep: nni:``,
+and the run report's ``warnings``), or straight to stderr before a session exists.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from labelkeep_plugins.session import Session
 
 PREFIX = "labelkeep: nni: "
 
@@ -18,6 +20,7 @@ class Notices:
 
     def __init__(self) -> None:
         self.lines: list[str] = []
+        self.session: Session | None = None
         self._keys: set[str] = set()
 
     def warn(self, key: str, message: str) -> bool:
@@ -26,7 +29,10 @@ class Notices:
             return False
         self._keys.add(key)
         self.lines.append(message)
-        print(f"{PREFIX}{message}", file=sys.stderr)
+        if self.session is not None:
+            self.session.warn("nni", message)
+        else:
+            print(f"{PREFIX}{message}", file=sys.stderr)
         return True
 
     def clear(self) -> None:

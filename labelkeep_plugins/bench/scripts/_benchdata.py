@@ -1,0 +1,121 @@
+"""Data and pretrained weights for the bench's user-style scripts (no labelkeep import here).
+
+The scripts are what a user would write; this module is the part of them that a user
+would have on disk already: a data set with a fixed train/validation/test split, and
+pretrained weights. ``--split val`` evaluates on a validation slice carved out of the
+training data (never trained on), ``--split test`` on the held-out test split, so a
+tuner can search on ``val`` and the bench report ``test`` numbers it never tuned on.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+DATASETS = ("mnist1d", "digits")
+SPLITS = ("val", "test")
+VALIDATION_FRACTION = 0.2
+
+
+@dataclass(frozen=True)
+class Data:
+    """Loaders for training and for the evaluated split, and the input's shape."""
+
+    train: DataLoader
+    evaluate: DataLoader
+    features: int
+    classes: int
+
+
+def load_data(dataset: str, split: str, data_dir: str | None, batch_size: int = 64) -> Data:
+    """Training data without the validation slice, and the ``split`` to evaluate on."""
+    x, y, x_test, y_test = _arrays(dataset, data_dir)
+    cut = int(len(y) * (1 - VALIDATION_FRACTION))
+    if split == "val":
+        eval_x, eval_y = x[cut:], y[cut:]
+    elif split == "test":
+        eval_x, eval_y = x_test, y_test
+    else:
+        raise SystemExit(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+    train = TensorDataset(_floats(x[:cut]), _labels(y[:cut]))
+    evaluated = TensorDataset(_floats(eval_x), _labels(eval_y))
+    return Data(
+        train=DataLoader(train, batch_size=batch_size, shuffle=True),
+        evaluate=DataLoader(evaluated, batch_size=256),
+        features=int(x.shape[1]),
+        classes=int(y.max()) + 1,
+    )
+
+
+def pretrained(model: nn.Module, path: str | None, train: Callable[[], None]) -> None:
+    """Load ``model``'s weights from ``path`` if there, else ``train()`` it and save them.
+
+    Stands in for the pretrained checkpoint a real user starts from; the bench shares
+    it between the methods of one seed so they compress the very same model.
+    """
+    if path and Path(path).exists():
+        model.load_state_dict(torch.load(path, weights_only=True))
+        return
+    train()
+    if path:
+        _atomic_save(lambda f: torch.save(model.state_dict(), f), Path(path))
+
+
+def _arrays(dataset: str, data_dir: str | None) -> tuple[np.ndarray, ...]:
+    if dataset not in DATASETS:
+        raise SystemExit(f"unknown dataset {dataset!r}; valid datasets: {', '.join(DATASETS)}")
+    cached = Path(data_dir) / f"{dataset}.npz" if data_dir else None
+    if cached is not None and cached.exists():
+        with np.load(cached, allow_pickle=False) as stored:
+            return tuple(stored[k] for k in ("x", "y", "x_test", "y_test"))
+    arrays = _mnist1d() if dataset == "mnist1d" else _digits()
+    if cached is not None:
+        names = dict(zip(("x", "y", "x_test", "y_test"), arrays, strict=True))
+        _atomic_save(lambda f: np.savez(f, **names), cached)
+    return arrays
+
+
+def _mnist1d() -> tuple[np.ndarray, ...]:
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    data = make_dataset(get_dataset_args())  # generated locally from templates, fixed seed
+    return data["x"], data["y"], data["x_test"], data["y_test"]
+
+
+def _digits() -> tuple[np.ndarray, ...]:
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    order = np.random.default_rng(0).permutation(len(y))
+    x, y = x[order] / 16.0, y[order]
+    cut = int(0.7 * len(y))
+    return x[:cut], y[:cut], x[cut:], y[cut:]
+
+
+def _floats(a: np.ndarray) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(a, dtype=np.float32))
+
+
+def _labels(a: np.ndarray) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(a, dtype=np.int64))
+
+
+def _atomic_save(write: Callable[[object], None], path: Path) -> None:
+    """Write through a temporary file, so a parallel or interrupted run never reads half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=path.suffix)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            write(stream)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
