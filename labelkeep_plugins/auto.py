@@ -8,7 +8,6 @@ in every Python process of the command (subprocesses and ``torchrun`` workers to
 from __future__ import annotations
 
 import atexit
-import json
 import os
 import sys
 from dataclasses import replace
@@ -66,33 +65,21 @@ def report_path(base: str | None) -> Path | None:
 
 
 def write_report_at_exit() -> None:
-    """Write the JSON report of this process, if it is the command's own or a training rank."""
+    """Hand the report of this process to the reporters, if it is the command's own or a rank."""
     from labelkeep_plugins.instrumentation import current_session
+    from labelkeep_plugins.plugins import load_plugins
 
     session = current_session()
     if session is None:
         return
     report = session.report()
+    session.detach_all()
     is_root = os.environ.get(ROOT_PID_ENV) == str(os.getpid())
     is_rank = os.environ.get("RANK") is not None
-    session.detach_all()
-    if not (is_root or is_rank or report["references"]):
-        return
-    path = report_path(session.config.report)
-    if path is None:
-        return
-    try:
-        write_json(path, report)
-    except OSError as exc:
-        print(f"labelkeep: cannot write the report to {str(path)!r}: {exc}", file=sys.stderr)
-
-
-def write_json(path: Path, data: dict[str, object]) -> None:
-    """Write atomically, so a reader never sees half a report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
+    if is_root or is_rank or report["references"]:
+        load_plugins().hook.labelkeep_run_finished(
+            report=report, path=report_path(session.config.report)
+        )
 
 
 def _watch_crash(session: object) -> None:

@@ -13,6 +13,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from pathlib import Path
 
     import torch
     from torch import nn
@@ -123,9 +124,14 @@ def labelkeep_evaluation_batch(
 
 
 @hookspec
-def labelkeep_run_finished(report: dict[str, Any]) -> None:
-    """Receive the final run report (reporters write or send it).
+def labelkeep_run_finished(report: dict[str, Any], path: Path | None) -> None:
+    """Receive the final run report of one process (reporters write or send it).
+
+    Called at exit in each process ``labelkeep run`` instrumented that has something
+    to report (the command's own process, each DDP rank, any process that took a
+    reference). The built-in reporter writes it as JSON to ``path``.
 
     :param report: the JSON-serialisable report of the run.
+    :param path: where the user asked for the report (per rank under DDP), or None.
     :return: nothing; every implementation is called.
     """

@@ -212,3 +212,30 @@ def test_when_imported_fires_after_a_real_import(tmp_path, monkeypatch) -> None:
     assert seen == [42]
     when_imported("lk_probe_module", lambda module: seen.append(module.VALUE))
     assert seen == [42, 41]
+
+
+def test_reporters_receive_the_report_at_exit(framework, monkeypatch, tmp_path) -> None:
+    """The JSON file is written by the built-in reporter; a plugin's reporter sees the same."""
+    import json
+    import os
+
+    from labelkeep_plugins.auto import ROOT_PID_ENV, write_report_at_exit
+
+    received: list[dict] = []
+
+    class Reporter:
+        @hookimpl
+        def labelkeep_run_finished(self, report, path) -> None:
+            received.append(report)
+
+    register(FakeAdapter())
+    get_plugin_manager().register(Reporter())
+    monkeypatch.setenv(ROOT_PID_ENV, str(os.getpid()))
+    with instrumented(Config(report=str(tmp_path / "report.json"))):
+        model = nn.Sequential(nn.Linear(4, 3))
+        framework.Pruner(model)
+        train_steps(model, 3)
+        write_report_at_exit()
+    written = json.loads((tmp_path / "report.json").read_text())
+    assert received and received[0]["training_steps_with_loss"] == 3
+    assert written["training_steps_with_loss"] == 3

@@ -3,4 +3,5 @@
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "labelkeep_plugins.builtin.terms",
     "labelkeep_plugins.builtin.tuners",
+    "labelkeep_plugins.builtin.reporters",
 )

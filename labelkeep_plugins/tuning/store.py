@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from labelkeep_plugins.auto import write_json
 from labelkeep_plugins.errors import ConfigError, LabelkeepError
+from labelkeep_plugins.jsonfile import write_json
 from labelkeep_plugins.tuning.objective import Measurement, measurement_from_report
 
 FORMAT = "labelkeep-tune-results"
