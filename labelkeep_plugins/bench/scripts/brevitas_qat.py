@@ -1,7 +1,7 @@
-"""Low-bit quantization-aware training of an MLP with Brevitas (2-4 bit weights and activations).
+"""Low-bit quantization-aware training of an MLP or a 1-D CNN with Brevitas (2-4 bit weights and activations).
 
-A user script: train a float MLP (standing in for a pretrained model), quantize it layer by
-layer with Brevitas' ``layerwise_quantize`` (every linear layer's weights and input
+A user script: train a float model (standing in for a pretrained one), quantize it layer by
+layer with Brevitas' ``layerwise_quantize`` (every linear and conv layer's weights and input
 activations at low bit width), calibrate the activation scales, fine-tune (QAT) with
 ``nn.CrossEntropyLoss`` and evaluate. It knows nothing of labelkeep; ``labelkeep run`` adds
 the loss.
@@ -32,8 +32,24 @@ def mlp(features: int, width: int, depth: int, classes: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def cnn(features: int, width: int, depth: int, classes: int) -> nn.Sequential:
+    """A 1-D CNN: ``depth`` conv blocks of ``width`` channels (all but the first strided)."""
+    layers: list[nn.Module] = [nn.Unflatten(1, (1, features))]
+    length = features
+    for index in range(depth):
+        stride = 1 if index == 0 else 2
+        layers.append(nn.Conv1d(1 if index == 0 else width, width, 3, stride=stride, padding=1))
+        layers += [nn.BatchNorm1d(width), nn.ReLU()]
+        length = (length - 1) // stride + 1
+    layers += [nn.Flatten(), nn.Linear(width * length, classes)]
+    return nn.Sequential(*layers)
+
+
+ARCHITECTURES = {"mlp": mlp, "cnn": cnn}
+
+
 def low_bit_layer_map(weight_bits: int, act_bits: int) -> dict:
-    """Brevitas' layerwise map for Linear, with the bit widths set through its kwargs."""
+    """Brevitas' layerwise map for Linear and Conv1d, with the bit widths set through kwargs."""
     common = {
         "input_quant": Int8ActPerTensorFloat,
         "input_bit_width": act_bits,
@@ -42,7 +58,7 @@ def low_bit_layer_map(weight_bits: int, act_bits: int) -> dict:
         "bias_quant": Int32Bias,
         "return_quant_tensor": False,
     }
-    return {nn.Linear: (qnn.QuantLinear, common)}
+    return {nn.Linear: (qnn.QuantLinear, common), nn.Conv1d: (qnn.QuantConv1d, common)}
 
 
 def train(model: nn.Module, loader, criterion, optimizer, epochs: int) -> None:
@@ -79,8 +95,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dataset", choices=DATASETS, default="digits")
     parser.add_argument("--split", choices=SPLITS, default="test", help="evaluated split")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--width", type=int, default=64, help="units per hidden layer")
-    parser.add_argument("--depth", type=int, default=2, help="hidden layers")
+    parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default="mlp")
+    parser.add_argument("--width", type=int, default=64, help="units (channels) per layer")
+    parser.add_argument("--depth", type=int, default=2, help="hidden (conv) layers")
     parser.add_argument("--pretrain-epochs", type=int, default=20)
     parser.add_argument("--epochs", type=int, default=6, help="QAT epochs")
     parser.add_argument("--lr", type=float, default=1e-3, help="QAT learning rate")
@@ -96,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     data = load_data(args.dataset, args.split, args.data_dir)
     criterion = nn.CrossEntropyLoss()
     torch.manual_seed(args.seed)
-    model = mlp(data.features, args.width, args.depth, data.classes)
+    model = ARCHITECTURES[args.arch](data.features, args.width, args.depth, data.classes)
 
     def pretrain() -> None:
         optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)

@@ -1,0 +1,149 @@
+"""``labelkeep compare``: does labelkeep help on this script? Plain vs labelkeep, several seeds.
+
+Both arms run the unmodified command under the runner. The plain arm uses
+``loss: {weights: {ce: 1.0}}``, which adds nothing to training (the same gradients
+as running without labelkeep) but still measures agreement on the script's
+evaluation pass; the other arm uses the user's configuration. ``{seed}`` in the
+command is replaced by each seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from labelkeep_plugins.config import Config, LossConfig, load_config
+from labelkeep_plugins.errors import LabelkeepError
+from labelkeep_plugins.jsonfile import write_json
+from labelkeep_plugins.tuning.objective import Measurement, measurement_from_report
+from labelkeep_plugins.tuning.trial import log_tail, run_trial
+
+ARMS = ("plain", "labelkeep")
+
+
+def plain_loss() -> LossConfig:
+    """Only the user's own loss: labelkeep measures agreement and adds nothing to training."""
+    return LossConfig(weights={"ce": 1.0})
+
+
+def add_compare_command(commands: Any) -> None:
+    compare = commands.add_parser(
+        "compare",
+        help="run a script plain and with labelkeep over several seeds and compare",
+        description="Run CMD under labelkeep twice per seed: plain (measured, nothing added "
+        "to training) and with the configured loss; print accuracy, mismatches and negative "
+        "flips of both. '{seed}' in CMD is replaced by the seed.",
+    )
+    compare.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    compare.add_argument("--config", help="labelkeep YAML for the labelkeep arm")
+    compare.add_argument("--out", default="labelkeep-compare", help="folder for runs and JSON")
+    compare.add_argument("command", nargs=argparse.REMAINDER, help="the command to run")
+    compare.set_defaults(handler=compare_from_options)
+
+
+def compare_from_options(options: argparse.Namespace) -> int:
+    command = list(options.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise LabelkeepError("no command given; usage: labelkeep compare -- CMD [ARGS...]")
+    seeds = _parse_seeds(options.seeds)
+    config = load_config(options.config)
+    results = run_comparison(command, seeds, config, Path(options.out), echo=_stderr)
+    print(format_table(results, " ".join(command)))
+    return 0
+
+
+def run_comparison(
+    command: Sequence[str],
+    seeds: Sequence[int],
+    config: Config,
+    out: Path,
+    echo: Callable[[str], None],
+) -> dict[str, list[Measurement]]:
+    """Every seed, both arms; the measurements, also written to ``out/compare.json``."""
+    results: dict[str, list[Measurement]] = {arm: [] for arm in ARMS}
+    for seed in seeds:
+        argv = [part.replace("{seed}", str(seed)) for part in command]
+        for arm in ARMS:
+            arm_config = replace(config, loss=plain_loss()) if arm == "plain" else config
+            directory = out / f"seed{seed}" / arm
+            run = run_trial(argv, directory, arm_config, header=f"labelkeep compare: {arm}")
+            if run.exit_code != 0 or run.report is None:
+                raise LabelkeepError(
+                    f"seed {seed}, {arm}: the command failed (exit {run.exit_code}): "
+                    f"{run.problem or log_tail(directory)}"
+                )
+            measured = measurement_from_report(run.report, source=str(directory))
+            results[arm].append(measured)
+            echo(
+                f"seed {seed} {arm:<9}: accuracy {_percent(measured.accuracy)}, mismatches "
+                f"{measured.mismatches}/{measured.samples}, negative flips "
+                f"{measured.negative_flips} ({run.seconds:.0f} s)"
+            )
+        write_json(
+            out / "compare.json",
+            {
+                "command": list(command),
+                "seeds": list(seeds[: len(results["plain"])]),
+                "results": {arm: [m.to_dict() for m in ms] for arm, ms in results.items()},
+            },
+        )
+    return results
+
+
+def format_table(results: dict[str, list[Measurement]], command: str) -> str:
+    """Mean ± spread per arm and the reduction factors (ratio of sums over seeds)."""
+    rows = [
+        f"{command}: {len(results['plain'])} seeds",
+        "arm        | accuracy %   | mismatches   | negative flips",
+        "-----------|--------------|--------------|---------------",
+    ]
+    for arm, measured in results.items():
+        accuracy = [100 * m.accuracy for m in measured if m.accuracy is not None]
+        rows.append(
+            f"{arm:<10} | {_mean_spread(accuracy):<12} | "
+            f"{_mean_spread([m.mismatches for m in measured]):<12} | "
+            f"{_mean_spread([m.negative_flips or 0 for m in measured])}"
+        )
+    rows.append(
+        f"reduction (ratio of sums): mismatches {_ratio(results, 'mismatches')}, "
+        f"negative flips {_ratio(results, 'negative_flips')}"
+    )
+    return "\n".join(rows)
+
+
+def _ratio(results: dict[str, list[Measurement]], field: str) -> str:
+    plain = sum(getattr(m, field) or 0 for m in results["plain"])
+    kept = sum(getattr(m, field) or 0 for m in results["labelkeep"])
+    return f"{plain / kept:.2f}x" if kept else "n/a (none left)"
+
+
+def _mean_spread(values: Sequence[float]) -> str:
+    if not values:
+        return "n/a"
+    spread = statistics.pstdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.1f} ± {spread:.1f}"
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise LabelkeepError(f"--seeds must be comma-separated integers, got {text!r}") from exc
+    if not seeds:
+        raise LabelkeepError("--seeds must name at least one seed, e.g. --seeds 0,1,2")
+    return seeds
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)

@@ -1,0 +1,58 @@
+"""``labelkeep compare`` on a fast fake command that writes a report from its config and seed."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from labelkeep_plugins.cli import main
+
+FAKE = textwrap.dedent("""
+    import json, os, sys
+    import yaml
+
+    seed = int(sys.argv[1])
+    if seed < 0:
+        sys.exit(4)
+    weights = yaml.safe_load(open(os.environ["LABELKEEP_CONFIG"]))["loss"]["weights"]
+    mismatches = 60 + seed - (20 if weights.get("kd", 0) > 0 else 0)
+    with open(os.environ["LABELKEEP_REPORT"], "w") as out:
+        json.dump({"agreement": {"samples": 500, "mismatches": mismatches,
+                                 "negative_flips": mismatches // 2,
+                                 "compressed_accuracy": 0.9}}, out)
+""")
+
+
+@pytest.fixture
+def fake(tmp_path: Path) -> list[str]:
+    script = tmp_path / "fake.py"
+    script.write_text(FAKE)
+    return [sys.executable, "-I", str(script), "{seed}"]  # -I: no labelkeep sitecustomize
+
+
+def test_compare_runs_both_arms_per_seed(fake, tmp_path, capsys) -> None:
+    out = tmp_path / "cmp"
+    assert main(["compare", "--seeds", "0,2", "--out", str(out), "--", *fake]) == 0
+    table = capsys.readouterr().out
+    assert "plain      | 90.0 ± 0.0   | 61.0 ± 1.0" in table
+    assert "labelkeep  | 90.0 ± 0.0   | 41.0 ± 1.0" in table
+    assert "mismatches 1.49x" in table  # (60 + 62) / (40 + 42)
+    saved = json.loads((out / "compare.json").read_text())
+    assert saved["seeds"] == [0, 2]
+    assert [m["mismatches"] for m in saved["results"]["plain"]] == [60, 62]
+    plain_config = (out / "seed0" / "plain" / "labelkeep.yaml").read_text()
+    assert "kd" not in plain_config  # the plain arm adds nothing to training
+
+
+def test_compare_reports_a_failing_command(fake, tmp_path, capsys) -> None:
+    assert main(["compare", "--seeds", "-1", "--out", str(tmp_path / "c"), "--", *fake]) == 2
+    assert "seed -1, plain: the command failed (exit 4)" in capsys.readouterr().err
+
+
+def test_compare_rejects_bad_seeds(fake, tmp_path, capsys) -> None:
+    assert main(["compare", "--seeds", "a,b", "--", *fake]) == 2
+    assert "--seeds must be comma-separated integers" in capsys.readouterr().err
