@@ -77,31 +77,10 @@ def _demo(options: argparse.Namespace) -> int:
 
 
 def _plugins(options: argparse.Namespace) -> int:
-    from labelkeep_plugins.plugins import (
-        collect,
-        load_plugins,
-        loss_terms,
-        plugin_failures,
-        tuner_factories,
-    )
+    from labelkeep_plugins.inventory import inventory_lines
 
-    pm = load_plugins()
-    print("plugins:")
-    for name, plugin in sorted(pm.list_name_plugin(), key=lambda item: item[0]):
-        dist = next((d for p, d in pm.list_plugin_distinfo() if p is plugin), None)
-        version = f" {dist.project_name} {dist.version}" if dist is not None else ""
-        print(f"  {name}{version}")
-    print("loss terms:")
-    for name, term in sorted(loss_terms().items()):
-        print(f"  {name}: {term.description}")
-    print("tuners: " + ", ".join(sorted(tuner_factories())))
-    adapters = collect("labelkeep_register_adapters")
-    print(
-        "adapters: "
-        + (", ".join(getattr(a, "name", "?") for _, (a, *_) in adapters) or "none installed")
-    )
-    for failure in plugin_failures():
-        print(f"  failed: {failure.name} ({failure.distribution}): {failure.error}")
+    for line in inventory_lines():
+        print(line)
     return 0
 
 

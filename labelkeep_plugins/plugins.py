@@ -44,6 +44,7 @@ _lock = threading.Lock()
 _manager: pluggy.PluginManager | None = None
 _loaded = False
 _failures: list[PluginFailure] = []
+_distributions: dict[str, str] = {}  # entry-point plugin name -> "distribution version"
 
 
 def get_plugin_manager() -> pluggy.PluginManager:
@@ -84,6 +85,12 @@ def reset_plugins() -> None:
         _manager = None
         _loaded = False
         _failures.clear()
+        _distributions.clear()
+
+
+def plugin_distribution(name: str) -> str | None:
+    """``"distribution version"`` of an entry-point plugin; None for built-ins and others."""
+    return _distributions.get(name)
 
 
 def plugin_failures() -> list[PluginFailure]:
@@ -104,6 +111,8 @@ def _load_entry_point(pm: pluggy.PluginManager, entry_point: EntryPoint, *, stri
     distribution = entry_point.dist.name if entry_point.dist else "?"
     try:
         pm.register(entry_point.load(), name=entry_point.name)
+        if entry_point.dist is not None:
+            _distributions[entry_point.name] = f"{distribution} {entry_point.dist.version}"
     except Exception as exc:
         message = (
             f"labelkeep: plugin {entry_point.name!r} from {distribution!r} failed to load "

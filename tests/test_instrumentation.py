@@ -239,3 +239,25 @@ def test_reporters_receive_the_report_at_exit(framework, monkeypatch, tmp_path) 
     written = json.loads((tmp_path / "report.json").read_text())
     assert received and received[0]["training_steps_with_loss"] == 3
     assert written["training_steps_with_loss"] == 3
+
+
+class SecondFakeAdapter(FakeAdapter):
+    name = "fake-two"
+
+
+def test_two_adapters_patching_the_same_attribute(framework) -> None:
+    """Both wrap Pruner.__init__: one reference, one attachment, originals back in order."""
+    register(FakeAdapter())
+    register(SecondFakeAdapter())
+    original = framework.Pruner.__init__
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    before = checksum(model)
+    with instrumented(Config()) as session:
+        assert session.adapters["fake"].state == session.adapters["fake-two"].state == "active"
+        framework.Pruner(model).step()
+        train_steps(model, 4)
+        report = session.report()
+        assert checksum(session.reference_of(model)) == before
+    assert len(report["references"]) == 1
+    assert report["training_steps_with_loss"] == 4  # not 8: the loss is added once
+    assert framework.Pruner.__init__ is original

@@ -1,0 +1,171 @@
+"""The bench's grid: frameworks, datasets, the model shape of each cell, and the two profiles.
+
+Each cell is one user-style script (``scripts/``) run on one data set with one model shape
+and one compression. The shapes differ across cells on purpose (widths 32-64, depths 2-3,
+CNNs and an MLP), so a result is not an accident of one architecture. Nothing here imports
+torch or a framework: ``labelkeep bench --help`` and the checks run before any training.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from labelkeep_plugins.errors import ConfigError
+
+SCRIPTS_DIR = Path(__file__).resolve().parent / "scripts"
+# Seed of the model the tuner searches on; the evaluation seeds are 0..N-1, so never this one.
+VALIDATION_SEED = 1000
+
+
+@dataclass(frozen=True)
+class Framework:
+    """A compression framework, the script that uses it, and what must be importable."""
+
+    name: str
+    script: str
+    modules: tuple[str, ...]  # the framework itself and its labelkeep adapter
+    install: str
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One framework x dataset combination: its model shape and compression."""
+
+    framework: str
+    dataset: str
+    shape: str
+    compression: str
+    args: tuple[str, ...]
+
+    @property
+    def key(self) -> str:
+        return f"{self.framework}/{self.dataset}"
+
+    @property
+    def slug(self) -> str:
+        return f"{self.framework}-{self.dataset}"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How much to run: seeds, tuning trials, epochs and (when not filtered) which cells."""
+
+    name: str
+    seeds: int
+    trials: int
+    epochs: int
+    pretrain_epochs: int
+    cells: tuple[str, ...] | None  # None: every cell
+
+
+FRAMEWORKS: dict[str, Framework] = {
+    "torch-pruning": Framework(
+        "torch-pruning",
+        "torch_pruning_finetune.py",
+        ("torch_pruning", "labelkeep_torch_pruning"),
+        "pip install torch-pruning labelkeep-torch-pruning",
+    ),
+    "nni": Framework(
+        "nni", "nni_agp_finetune.py", ("nni", "labelkeep_nni"), "pip install nni labelkeep-nni"
+    ),
+    "brevitas": Framework(
+        "brevitas",
+        "brevitas_qat.py",
+        ("brevitas", "labelkeep_brevitas"),
+        "pip install brevitas labelkeep-brevitas",
+    ),
+}
+
+DATASETS: dict[str, tuple[str, str]] = {
+    "mnist1d": ("mnist1d", "pip install mnist1d"),
+    "digits": ("sklearn", "pip install scikit-learn"),
+}
+
+CELLS: tuple[Cell, ...] = (
+    Cell("torch-pruning", "mnist1d", "CNN 3 conv x 64", "80% channels", ("--width", "64")),
+    Cell("torch-pruning", "digits", "CNN 3 conv x 32", "80% channels", ("--width", "32")),
+    Cell("nni", "mnist1d", "CNN 2 conv x 32", "AGP+Taylor 75% ch.", ("--width", "32")),
+    Cell(
+        "nni",
+        "digits",
+        "CNN 2 conv x 48",
+        "AGP+Taylor 87.5% ch.",
+        ("--width", "48", "--sparsity", "0.875"),
+    ),
+    Cell(
+        "brevitas",
+        "mnist1d",
+        "CNN 3 conv x 32",
+        "W3A4 QAT",
+        ("--arch", "cnn", "--depth", "3", "--width", "32", "--weight-bits", "3"),
+    ),
+    Cell(
+        "brevitas",
+        "digits",
+        "MLP 2 x 64",
+        "W2A3 QAT",
+        ("--arch", "mlp", "--depth", "2", "--width", "64", "--act-bits", "3"),
+    ),
+)
+
+PROFILES: dict[str, Profile] = {
+    "default": Profile("default", seeds=3, trials=4, epochs=6, pretrain_epochs=15, cells=None),
+    "quick": Profile(
+        "quick",
+        seeds=1,
+        trials=1,
+        epochs=2,
+        pretrain_epochs=6,
+        cells=("torch-pruning/mnist1d", "nni/mnist1d", "brevitas/digits"),
+    ),
+}
+
+
+def parse_names(values: Iterable[str] | None, valid: Sequence[str], what: str) -> tuple[str, ...]:
+    """Names from ``--frameworks a b`` or ``a,b``; an unknown one lists the valid names."""
+    if not values:
+        return ()
+    names = [n.strip() for value in values for n in value.split(",") if n.strip()]
+    unknown = [n for n in names if n not in valid]
+    if unknown:
+        raise ConfigError(
+            f"unknown {what} {', '.join(map(repr, unknown))}; valid {what}s: {', '.join(valid)}"
+        )
+    return tuple(dict.fromkeys(names))
+
+
+def select_cells(profile: Profile, frameworks: Sequence[str], datasets: Sequence[str]) -> list[Cell]:
+    """The cells to run: the filters when given, else the profile's own subset."""
+    if not frameworks and not datasets and profile.cells is not None:
+        return [cell for cell in CELLS if cell.key in profile.cells]
+    return [
+        cell
+        for cell in CELLS
+        if (not frameworks or cell.framework in frameworks)
+        and (not datasets or cell.dataset in datasets)
+    ]
+
+
+def unavailable(cells: Iterable[Cell]) -> dict[str, str]:
+    """Why a cell cannot run (framework, adapter or data package missing), by cell key."""
+    reasons: dict[str, str] = {}
+    for cell in cells:
+        framework = FRAMEWORKS[cell.framework]
+        missing = _missing(framework.modules)
+        if missing:
+            reasons[cell.key] = (
+                f"{cell.framework} not installed (no module {', '.join(missing)}): "
+                f"{framework.install}"
+            )
+            continue
+        module, install = DATASETS[cell.dataset]
+        if _missing([module]):
+            reasons[cell.key] = f"{cell.dataset} needs the module {module!r}: {install}"
+    return reasons
+
+
+def _missing(modules: Iterable[str]) -> list[str]:
+    return [module for module in modules if importlib.util.find_spec(module) is None]

@@ -1,0 +1,51 @@
+"""``labelkeep plugins``: what is installed, versions, and conflicts."""
+
+from __future__ import annotations
+
+from labelkeep_plugins import LossTerm, hookimpl
+from labelkeep_plugins.builtin.terms import hinton_kd
+from labelkeep_plugins.cli import main
+from labelkeep_plugins.plugins import get_plugin_manager, load_plugins
+
+
+class DuplicateKd:
+    @hookimpl
+    def labelkeep_register_terms(self, register) -> None:
+        register(LossTerm("kd", hinton_kd, description="another kd"))
+
+
+class SecondNniAdapter:
+    name = "nni-fork"
+    framework = "nni"
+    supported = ">=3.0"
+    module = "nni.compression"
+
+    def instrument(self, session) -> None: ...
+
+    def uninstrument(self) -> None: ...
+
+
+class ForkPlugin:
+    @hookimpl
+    def labelkeep_register_adapters(self, register) -> None:
+        register(SecondNniAdapter())
+
+
+def test_lists_builtins_terms_and_tuners(capsys) -> None:
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "labelkeep_plugins.builtin.terms (built-in)" in out
+    assert "  kd: Hinton KD" in out
+    assert "tuners: fixed" in out
+
+
+def test_reports_conflicts_instead_of_failing(capsys) -> None:
+    load_plugins()
+    get_plugin_manager().register(DuplicateKd(), name="dup-kd")
+    get_plugin_manager().register(ForkPlugin(), name="nni-fork")
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "loss terms: CONFLICT: loss term 'kd' is registered by both" in out
+    assert "nni-fork (plugin nni-fork): nni" in out
+    if "  nni (plugin nni)" in out:  # the real NNI adapter is installed alongside
+        assert "CONFLICT: nni, nni-fork all patch nni" in out
