@@ -70,7 +70,7 @@ def evaluate(model, loader):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pretrain-epochs", type=int, default=20)
-    parser.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs after pruning")
+    parser.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs after pruning")
     parser.add_argument("--pruning-ratio", type=float, default=0.8)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)

@@ -102,6 +102,9 @@ class Config:
     report: str | None = None
     strict: bool = False
     disabled_adapters: tuple[str, ...] = ()
+    adapters: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """Per-adapter options, e.g. ``{"torch-pruning": {"loss_during_importance": True}}``;
+    each adapter validates its own keys."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "loss", LossConfig.from_value(self.loss))
@@ -125,6 +128,7 @@ class Config:
                 f"disabled_adapters must be a list of adapter names, got {adapters!r}"
             )
         object.__setattr__(self, "disabled_adapters", tuple(adapters))
+        object.__setattr__(self, "adapters", _checked_adapter_options(self.adapters))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> Config:
@@ -148,6 +152,7 @@ class Config:
             "report": self.report,
             "strict": self.strict,
             "disabled_adapters": list(self.disabled_adapters),
+            "adapters": {name: dict(options) for name, options in self.adapters.items()},
         }
 
 
@@ -225,6 +230,17 @@ def _checked_weights(weights: Any) -> dict[str, float]:
             f"e.g. ce: 1.0, kd: 1.0"
         )
     return checked
+
+
+def _checked_adapter_options(options: Any) -> dict[str, dict[str, Any]]:
+    if not isinstance(options, Mapping) or not all(
+        isinstance(name, str) and isinstance(value, Mapping) for name, value in options.items()
+    ):
+        raise ConfigError(
+            f"adapters must map adapter names to option mappings, got {options!r}; e.g. "
+            "adapters: {torch-pruning: {loss_during_importance: true}}"
+        )
+    return {name: dict(value) for name, value in options.items()}
 
 
 def _require_non_negative(key: str, value: Any) -> None:

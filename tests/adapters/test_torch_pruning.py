@@ -26,6 +26,7 @@ from torch_pruning.pruner import BasePruner
 
 from labelkeep_plugins import (
     Config,
+    ConfigError,
     LabelkeepWarning,
     PluginError,
     SnapshotError,
@@ -157,10 +158,13 @@ def test_loss_in_every_fine_tuning_step_after_step(name: str) -> None:
     assert record["where"] == "BasePruner.__init__" and record["intact"]
 
 
-def taylor_run(instrument_it: bool) -> tuple[torch.Tensor, int, dict[str, torch.Tensor]]:
+def taylor_run(
+    instrument_it: bool, config: Config | None = None
+) -> tuple[torch.Tensor, int, dict[str, torch.Tensor]]:
     """Taylor importance after one train-mode backward: the grads, loss steps, pruned state."""
     model, x, y = tiny()
-    with instrumented(Config()) if instrument_it else contextlib.nullcontext() as session:
+    context = instrumented(config or Config()) if instrument_it else contextlib.nullcontext()
+    with context as session:
         pruner = build("MetaPruner", model, x[:2], taylor=True)
         model.train()
         nn.CrossEntropyLoss()(model(x), y).backward()
@@ -181,6 +185,16 @@ def test_loss_during_importance_can_be_switched_on(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv(LOSS_DURING_IMPORTANCE_ENV, "1")
     grad, steps, _ = taylor_run(True)
     assert steps == 1 and not torch.equal(grad, plain_grad)
+
+
+def test_loss_during_importance_from_the_config_file() -> None:
+    plain_grad, _, _ = taylor_run(False)
+    on = Config(adapters={"torch-pruning": {"loss_during_importance": True}})
+    grad, steps, _ = taylor_run(True, on)
+    assert steps == 1 and not torch.equal(grad, plain_grad)
+    strict_typo = Config(strict=True, adapters={"torch-pruning": {"loss_during_importanc": True}})
+    with pytest.raises(ConfigError, match="unknown option"):
+        taylor_run(True, strict_typo)
 
 
 @pytest.mark.parametrize(

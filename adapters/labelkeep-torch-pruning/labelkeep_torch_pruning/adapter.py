@@ -31,9 +31,9 @@ from typing import Any
 from torch import nn
 
 from labelkeep_plugins.adapters import PatchingAdapter
+from labelkeep_plugins.errors import ConfigError
 from labelkeep_plugins.reference import unwrap_model
 from labelkeep_plugins.session import Session
-from labelkeep_torch_pruning.hooks import make_copy_safe
 from labelkeep_torch_pruning.recovery import StudentPhase
 
 LOSS_DURING_IMPORTANCE_ENV = "LABELKEEP_TP_LOSS_DURING_IMPORTANCE"
@@ -86,15 +86,33 @@ class TorchPruningAdapter(PatchingAdapter):
         from torch_pruning.dependency import DependencyGraph, Group
         from torch_pruning.pruner import BasePruner
 
-        self.loss_during_importance = (
-            self._option if self._option is not None else loss_during_importance_from_env()
-        )
+        self.loss_during_importance = self._resolve_option(session)
         self._wrap_entry(BasePruner, "__init__", "BasePruner.__init__", nested=False)
         self._wrap_entry(
             DependencyGraph, "build_dependency", "DependencyGraph.build_dependency", nested=True
         )
         self._wrap_step(BasePruner)
         self._wrap_group_prune(Group)
+
+    def _resolve_option(self, session: Session) -> bool:
+        """Constructor argument, else the environment variable if set, else the config file."""
+        options = dict(session.config.adapters.get(self.name, {}))
+        unknown = sorted(set(options) - {"loss_during_importance"})
+        if unknown:
+            raise ConfigError(
+                f"unknown option(s) {unknown} for adapter {self.name!r}; "
+                "allowed: loss_during_importance"
+            )
+        if self._option is not None:
+            return self._option
+        if os.environ.get(LOSS_DURING_IMPORTANCE_ENV, "").strip():
+            return loss_during_importance_from_env()
+        value = options.get("loss_during_importance", False)
+        if not isinstance(value, bool):
+            raise ConfigError(
+                f"adapters.{self.name}.loss_during_importance must be true or false, got {value!r}"
+            )
+        return value
 
     def uninstrument(self) -> None:
         for phase in list(self._phases.values()):
@@ -177,7 +195,6 @@ class TorchPruningAdapter(PatchingAdapter):
         with session.guard(self.name):
             student = unwrap_model(model)
             handle = session.attach(student)
-            make_copy_safe(student, handle)
             phase = self._phases.get(student)
             if phase is None:
                 phase = StudentPhase(

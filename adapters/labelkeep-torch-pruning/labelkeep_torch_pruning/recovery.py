@@ -25,8 +25,8 @@ from torch import nn
 from labelkeep_plugins.config import LogitsSelector
 from labelkeep_plugins.errors import LabelkeepError
 from labelkeep_plugins.injector.attach import InjectionHandle
+from labelkeep_plugins.injector.forward_hook import ForwardHook
 from labelkeep_plugins.logits import as_logits
-from labelkeep_torch_pruning.hooks import CopySafeHook
 
 Guard = Callable[[], AbstractContextManager[None]]
 
@@ -43,7 +43,9 @@ class EvalModeWatch:
 
     A forward alone proves nothing (evaluating without ``no_grad`` is common), so a
     gradient hook on the logits waits for an actual backward. The watch ends at the
-    first train-mode forward or after it has warned.
+    first train-mode forward or after it has warned. Like the injector's, its hook is
+    a :class:`ForwardHook`: copies of the model (``count_ops_and_params``,
+    ``copy.deepcopy``, ``torch.save(model)``) carry an inert hook instead.
     """
 
     def __init__(
@@ -53,7 +55,7 @@ class EvalModeWatch:
         self._warn = warn
         self._guard = guard
         self.done = False
-        self._hook = model.register_forward_hook(CopySafeHook(self._on_forward))
+        self._hook = model.register_forward_hook(ForwardHook(self._on_forward))
 
     def remove(self) -> None:
         self.done = True
