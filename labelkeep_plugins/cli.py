@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from labelkeep_plugins._version import __version__
+from labelkeep_plugins.bench.command import add_bench_command
 from labelkeep_plugins.compare import add_compare_command
 from labelkeep_plugins.errors import LabelkeepError
 from labelkeep_plugins.runner import add_run_arguments, run_from_options
@@ -58,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("plugins", help="list loss terms, tuners and plugins")
     listing.set_defaults(handler=_plugins)
     add_tuning_commands(commands)
+    add_bench_command(commands)
     add_compare_command(commands)
     return parser
 

@@ -16,8 +16,8 @@ from pathlib import Path
 from labelkeep_plugins.errors import ConfigError
 
 SCRIPTS_DIR = Path(__file__).resolve().parent / "scripts"
-# Seed of the model the tuner searches on; the evaluation seeds are 0..N-1, so never this one.
-VALIDATION_SEED = 1000
+# Seeds of the models the tuner searches on; the evaluation seeds are 0..N-1, never these.
+FIRST_VALIDATION_SEED = 1000
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,7 @@ class Profile:
 
     name: str
     seeds: int
+    validation_seeds: int
     trials: int
     epochs: int
     pretrain_epochs: int
@@ -112,10 +113,23 @@ CELLS: tuple[Cell, ...] = (
 )
 
 PROFILES: dict[str, Profile] = {
-    "default": Profile("default", seeds=3, trials=4, epochs=6, pretrain_epochs=15, cells=None),
+    # 12 recovery epochs: plain recovery gets close to the reference's accuracy, the regime
+    # the paper measures mismatches in (6 epochs left it 5-15 points short).
+    # Tuning trials run on two validation seeds at once: on one, the best of 9 settings was
+    # mostly that seed's noise and lost on the evaluation seeds.
+    "default": Profile(
+        "default",
+        seeds=3,
+        validation_seeds=2,
+        trials=8,
+        epochs=12,
+        pretrain_epochs=15,
+        cells=None,
+    ),
     "quick": Profile(
         "quick",
         seeds=1,
+        validation_seeds=1,
         trials=1,
         epochs=2,
         pretrain_epochs=6,
@@ -137,7 +151,9 @@ def parse_names(values: Iterable[str] | None, valid: Sequence[str], what: str) -
     return tuple(dict.fromkeys(names))
 
 
-def select_cells(profile: Profile, frameworks: Sequence[str], datasets: Sequence[str]) -> list[Cell]:
+def select_cells(
+    profile: Profile, frameworks: Sequence[str], datasets: Sequence[str]
+) -> list[Cell]:
     """The cells to run: the filters when given, else the profile's own subset."""
     if not frameworks and not datasets and profile.cells is not None:
         return [cell for cell in CELLS if cell.key in profile.cells]

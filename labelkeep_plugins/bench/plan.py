@@ -9,6 +9,7 @@ ever seeing the test numbers it is then reported on.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from labelkeep_plugins.bench.cells import FRAMEWORKS, SCRIPTS_DIR, Cell
 from labelkeep_plugins.config import Config, LossConfig
 
 PLAIN, DEFAULT, TUNED, ONLINE = "plain", "default", "tuned", "online"
+MULTISEED = "_multiseed.py"
 PLAIN_LOSS: dict[str, Any] = {"weights": {"ce": 1.0}}
 METHOD_LABELS = {
     PLAIN: "plain recovery",
@@ -53,7 +55,7 @@ class BenchSettings:
     trials: int
     epochs: int
     pretrain_epochs: int
-    validation_seed: int
+    validation_seeds: tuple[int, ...]
 
     def to_dict(self) -> dict[str, Any]:
         return {key: list(v) if isinstance(v, tuple) else v for key, v in asdict(self).items()}
@@ -68,7 +70,7 @@ class BenchSettings:
             trials=int(data["trials"]),
             epochs=int(data["epochs"]),
             pretrain_epochs=int(data["pretrain_epochs"]),
-            validation_seed=int(data["validation_seed"]),
+            validation_seeds=tuple(int(s) for s in data["validation_seeds"]),
         )
 
     def run_keys(self) -> list[RunKey]:
@@ -82,30 +84,33 @@ class BenchSettings:
 
 
 def script_command(
-    cell: Cell, seed: int, split: str, settings: BenchSettings, out: Path
+    cell: Cell, seeds: Sequence[int], split: str, settings: BenchSettings, out: Path
 ) -> list[str]:
     """The user-style command line of one run (the same for every method of a seed).
 
     The pretrained checkpoint is shared by the methods of one cell and seed: the first
     run trains and saves it, the others load it, and all compress the very same model.
+    Several seeds (tuning) run one after the other in one process (``_multiseed.py``).
     """
     script = SCRIPTS_DIR / FRAMEWORKS[cell.framework].script
     cache = out / "cache"
+    if len(seeds) == 1:
+        start = [sys.executable, str(script), "--seed", str(seeds[0])]
+    else:
+        seed_list = ",".join(map(str, seeds))
+        start = [sys.executable, str(SCRIPTS_DIR / MULTISEED), str(script), "--seeds", seed_list]
     return [
-        sys.executable,
-        str(script),
+        *start,
         "--dataset",
         cell.dataset,
         "--split",
         split,
-        "--seed",
-        str(seed),
         "--epochs",
         str(settings.epochs),
         "--pretrain-epochs",
         str(settings.pretrain_epochs),
         "--pretrained",
-        str(cache / "pretrained" / f"{cell.slug}-seed{seed}.pt"),
+        str(cache / "pretrained" / f"{cell.slug}-seed{{seed}}.pt"),
         "--data-dir",
         str(cache / "data"),
         *cell.args,

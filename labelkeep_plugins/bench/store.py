@@ -6,7 +6,7 @@ Layout::
     OUT/results.md              the table in Markdown
     OUT/mismatches.png          the plot (when matplotlib is installed)
     OUT/runs/CELL/METHOD/seedN  labelkeep.yaml, report.json, output.log of one run
-    OUT/tune/CELL/              the labelkeep tune folder of one cell (validation seed)
+    OUT/tune/CELL/              the labelkeep tune folder of one cell (validation seeds)
     OUT/cache/                  the data sets and pretrained checkpoints the scripts share
 
 ``results.json`` is replaced atomically after each run, so an interrupt loses at most the

@@ -55,12 +55,14 @@ def load_data(dataset: str, split: str, data_dir: str | None, batch_size: int = 
     )
 
 
-def pretrained(model: nn.Module, path: str | None, train: Callable[[], None]) -> None:
+def pretrained(model: nn.Module, path: str | None, train: Callable[[], None], seed: int) -> None:
     """Load ``model``'s weights from ``path`` if there, else ``train()`` it and save them.
 
     Stands in for the pretrained checkpoint a real user starts from; the bench shares
-    it between the methods of one seed so they compress the very same model.
+    it between the methods of one seed so they compress the very same model. ``{seed}``
+    in ``path`` is replaced by the seed.
     """
+    path = path.replace("{seed}", str(seed)) if path else None
     if path and Path(path).exists():
         model.load_state_dict(torch.load(path, weights_only=True))
         return

@@ -1,4 +1,4 @@
-"""Low-bit quantization-aware training of an MLP or a 1-D CNN with Brevitas (2-4 bit weights and activations).
+"""Low-bit QAT of an MLP or a 1-D CNN with Brevitas (2-4 bit weights and activations).
 
 A user script: train a float model (standing in for a pretrained one), quantize it layer by
 layer with Brevitas' ``layerwise_quantize`` (every linear and conv layer's weights and input
@@ -103,7 +103,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=1e-3, help="QAT learning rate")
     parser.add_argument("--weight-bits", type=int, default=2)
     parser.add_argument("--act-bits", type=int, default=4)
-    parser.add_argument("--pretrained", help="checkpoint to load, or to write after training")
+    parser.add_argument(
+        "--pretrained", help="checkpoint to load, or to write after training ({seed}: the seed)"
+    )
     parser.add_argument("--data-dir", help="folder caching the data set as .npz")
     return parser.parse_args(argv)
 
@@ -119,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
         optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
         train(model, data.train, criterion, optimizer, args.pretrain_epochs)
 
-    pretrained(model, args.pretrained, pretrain)
+    pretrained(model, args.pretrained, pretrain, args.seed)
     torch.manual_seed(args.seed + 1)  # the same batches whether trained or loaded
     accuracy, _ = evaluate(model, data.evaluate, criterion)
     print(f"float model: {args.split} accuracy {accuracy:.4f}")

@@ -91,7 +91,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prune-steps", type=int, default=25, help="steps per AGP round")
     parser.add_argument("--sparsity", type=float, default=0.75, help="conv channels removed")
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--pretrained", help="checkpoint to load, or to write after training")
+    parser.add_argument(
+        "--pretrained", help="checkpoint to load, or to write after training ({seed}: the seed)"
+    )
     parser.add_argument("--data-dir", help="folder caching the data set as .npz")
     return parser.parse_args(argv)
 
@@ -123,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
         optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
         training_model(model, optimizer, training_step, max_epochs=args.pretrain_epochs)
 
-    pretrained(model, args.pretrained, pretrain)
+    pretrained(model, args.pretrained, pretrain, args.seed)
     torch.manual_seed(args.seed + 1)  # the same batches whether trained or loaded
     accuracy, _ = evaluate(model, data.evaluate)
     print(f"pretrained: {args.split} accuracy {accuracy:.4f}")

@@ -73,7 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=6, help="fine-tuning epochs after pruning")
     parser.add_argument("--pruning-ratio", type=float, default=0.8, help="channels removed")
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--pretrained", help="checkpoint to load, or to write after training")
+    parser.add_argument(
+        "--pretrained", help="checkpoint to load, or to write after training ({seed}: the seed)"
+    )
     parser.add_argument("--data-dir", help="folder caching the data set as .npz")
     return parser.parse_args(argv)
 
@@ -83,7 +85,11 @@ def main(argv: list[str] | None = None) -> None:
     data = load_data(args.dataset, args.split, args.data_dir)
     torch.manual_seed(args.seed)
     model = Net(args.width, data.features, data.classes)
-    pretrained(model, args.pretrained, lambda: train(model, data.train, args.pretrain_epochs, 3e-3))
+
+    def pretrain() -> None:
+        train(model, data.train, args.pretrain_epochs, 3e-3)
+
+    pretrained(model, args.pretrained, pretrain, args.seed)
     torch.manual_seed(args.seed + 1)  # the same batches whether trained or loaded
     accuracy, _ = evaluate(model, data.evaluate)
     print(f"pretrained: {args.split} accuracy {accuracy:.4f}")

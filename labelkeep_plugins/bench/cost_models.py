@@ -1,0 +1,140 @@
+"""What ``labelkeep bench --cost`` trains: a reference CNN, its student, data, and one step.
+
+The models are the bench's MNIST-1D CNN shape at two widths: a student of 1/8 the
+reference's width (what 87.5% channel pruning leaves) and one of equal width (what
+quantization leaves). The cached variant is :class:`CachedInjectionHandle`, which is the
+proposed integration of :class:`~labelkeep_plugins.reference_cache.ReferenceCache` into
+``InjectionHandle._run_reference``, done by subclassing so the host stays untouched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from labelkeep_plugins.injector.attach import InjectionHandle
+from labelkeep_plugins.logits import as_logits
+from labelkeep_plugins.reference import move_to
+from labelkeep_plugins.reference_cache import ReferenceCache
+
+LENGTH = 40
+CLASSES = 10
+
+
+@dataclass(frozen=True)
+class CostCase:
+    """A reference and a student width; ``batch`` samples per step, ``pool`` samples repeating."""
+
+    name: str
+    reference_width: int
+    student_width: int
+    batch: int = 128
+    pool: int = 1024
+
+
+CASES = (
+    CostCase("student 1/8 of the reference's width", reference_width=128, student_width=16),
+    CostCase("student as wide as the reference", reference_width=64, student_width=64),
+)
+
+
+def cnn(width: int) -> nn.Module:
+    """Three conv blocks (two strided) and a linear head, as in the torch-pruning script."""
+    return nn.Sequential(
+        nn.Unflatten(1, (1, LENGTH)),
+        nn.Conv1d(1, width, 5, padding=2),
+        nn.BatchNorm1d(width),
+        nn.ReLU(),
+        nn.Conv1d(width, width, 3, stride=2, padding=1),
+        nn.BatchNorm1d(width),
+        nn.ReLU(),
+        nn.Conv1d(width, width, 3, stride=2, padding=1),
+        nn.BatchNorm1d(width),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(width * LENGTH // 4, CLASSES),
+    )
+
+
+class RepeatingBatches:
+    """Batches drawn from a fixed pool, reshuffled every pass: samples repeat, batches do not."""
+
+    def __init__(self, case: CostCase, seed: int = 0) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(case.pool, LENGTH, generator=generator)
+        self.y = torch.randint(0, CLASSES, (case.pool,), generator=generator)
+        self.batch = case.batch
+        self._generator = generator
+        self._order = torch.empty(0, dtype=torch.long)
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if len(self._order) < self.batch:
+            self._order = torch.randperm(len(self.y), generator=self._generator)
+        index, self._order = self._order[: self.batch], self._order[self.batch :]
+        return self.x[index], self.y[index]
+
+    def fresh(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch never seen before (every row a cache miss)."""
+        x = torch.randn(self.batch, LENGTH, generator=self._generator)
+        return x, torch.randint(0, CLASSES, (self.batch,), generator=self._generator)
+
+
+def training_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor
+) -> None:
+    """The user's step, unchanged in every variant: forward, cross-entropy, backward, step."""
+    optimizer.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x), y).backward()
+    optimizer.step()
+
+
+class CachedInjectionHandle(InjectionHandle):
+    """``InjectionHandle`` whose reference forward goes through a :class:`ReferenceCache`.
+
+    This is the integration proposed for the host (the same lines in ``_run_reference``).
+    """
+
+    def __init__(self, *args: Any, cache: ReferenceCache, **kwargs: Any) -> None:
+        self.cache = cache
+        super().__init__(*args, **kwargs)
+
+    def _run_reference(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], device: torch.device
+    ) -> torch.Tensor:
+        move_to(self.reference, device)
+        return self.cache(args, kwargs, self._reference_logits)
+
+    def _reference_logits(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
+        with torch.no_grad():
+            output = self.reference(*args, **kwargs)
+        return as_logits(output, self.logits_selector).detach()
+
+
+def parameter_bytes(model: nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters()) + sum(
+        b.numel() * b.element_size() for b in model.buffers()
+    )
+
+
+def activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
+    """Bytes of every leaf module's output on one batch (an upper bound on what is live)."""
+    total = 0
+
+    def count(_module: nn.Module, _inputs: Any, output: Any) -> None:
+        nonlocal total
+        if isinstance(output, torch.Tensor):
+            total += output.numel() * output.element_size()
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(count) for m in leaves]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total

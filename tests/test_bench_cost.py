@@ -1,0 +1,51 @@
+"""``labelkeep bench --cost`` pieces, small: interleaved timing, ratios, the memory child."""
+
+from __future__ import annotations
+
+import pytest
+
+from labelkeep_plugins.bench import cost, cost_memory
+from labelkeep_plugins.bench.cost_models import CostCase, activation_bytes, cnn, parameter_bytes
+from labelkeep_plugins.bench.cost_timing import VARIANTS, time_case
+
+TINY = CostCase("tiny", reference_width=8, student_width=4, batch=16, pool=32)
+
+
+def test_every_variant_is_timed_interleaved_and_the_ratios_follow() -> None:
+    timings = time_case(TINY, repetitions=3, warmup=1)
+    assert all(len(timings.samples[v]) == 3 for v in VARIANTS)
+    times = timings.to_dict()
+    ratios = cost.ratios(times)
+    plain = times["plain"]["median_ms"]
+    assert ratios["cached_vs_plain"] == pytest.approx(times["cached"]["median_ms"] / plain)
+    assert set(ratios) >= {"instrumented_vs_plain", "instrumented_vs_plain_plus_forward"}
+    result = {
+        "case": "tiny",
+        "times": times,
+        "ratios": ratios,
+        "memory": {
+            v: {"peak_rss_bytes": 2**20 * (100 + i)}
+            for i, v in enumerate(["plain", "instrumented", "cached"])
+        },
+        "memory_bound_bytes": 2**20,
+    }
+    table = cost.cost_table([result])
+    assert table.count("\n") == 2 and "| tiny |" in table and "+1.0 | +2.0 | 1.0 |" in table
+
+
+def test_the_memory_bound_counts_parameters_and_one_batch_of_activations() -> None:
+    model = cnn(8)
+    import torch
+
+    batch = torch.randn(16, 40)
+    params = sum(p.numel() for p in model.parameters()) * 4
+    assert parameter_bytes(model) > params  # batch-norm buffers too
+    assert activation_bytes(model, batch) >= 16 * 8 * 40 * 4 * 3  # conv, norm, relu outputs
+
+
+def test_the_memory_child_measures_one_variant(capsys) -> None:
+    assert cost_memory.main(["0", "nonsense", "1"]) == 2
+    assert "usage" in capsys.readouterr().err
+    measured = cost_memory.measure(1, "cached", 2)
+    assert measured["peak_rss_bytes"] > 0 and measured["cache_bytes"] > 0
+    assert measured["variant"] == "cached"
