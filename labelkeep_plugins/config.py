@@ -31,6 +31,7 @@ DEFAULT_FOCAL_BASE = 1.0
 DEFAULT_FOCAL_SCALE = 1.0
 
 LogitsSelector = str | int | None
+DEFAULT_REFERENCE_CACHE_MB = 64.0
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,38 @@ class LossConfig:
 
 
 @dataclass(frozen=True)
+class ReferenceCacheConfig:
+    """Serve the reference's logits of inputs seen before from memory (off by default).
+
+    ``max_mb`` bounds the cache; ``copy_to_host`` also caches inputs on an accelerator
+    (their fingerprint then needs a device-to-host copy, which may cost more than it saves).
+    """
+
+    max_mb: float = DEFAULT_REFERENCE_CACHE_MB
+    copy_to_host: bool = False
+
+    def __post_init__(self) -> None:
+        if not _is_number(self.max_mb) or not self.max_mb > 0:
+            raise ConfigError(
+                f"reference_cache.max_mb must be a number > 0 (MiB), got {self.max_mb!r}"
+            )
+        if not isinstance(self.copy_to_host, bool):
+            raise ConfigError(
+                f"reference_cache.copy_to_host must be true or false, got {self.copy_to_host!r}"
+            )
+
+    @classmethod
+    def from_value(cls, value: Any) -> ReferenceCacheConfig | None:
+        if value is None or value is False:
+            return None
+        if value is True:
+            return cls()
+        if isinstance(value, ReferenceCacheConfig):
+            return value
+        return cls(**_checked_mapping("reference_cache", value, {f.name for f in fields(cls)}))
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything a labelkeep run is told: the loss, how to read logits, and the run's switches."""
 
@@ -105,6 +138,8 @@ class Config:
     adapters: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     """Per-adapter options, e.g. ``{"torch-pruning": {"loss_during_importance": True}}``;
     each adapter validates its own keys."""
+    reference_cache: ReferenceCacheConfig | None = None
+    """Reuse the reference's logits of inputs seen before (``{max_mb: 64}``); None: off."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "loss", LossConfig.from_value(self.loss))
@@ -129,6 +164,9 @@ class Config:
             )
         object.__setattr__(self, "disabled_adapters", tuple(adapters))
         object.__setattr__(self, "adapters", _checked_adapter_options(self.adapters))
+        object.__setattr__(
+            self, "reference_cache", ReferenceCacheConfig.from_value(self.reference_cache)
+        )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> Config:
@@ -153,6 +191,12 @@ class Config:
             "strict": self.strict,
             "disabled_adapters": list(self.disabled_adapters),
             "adapters": {name: dict(options) for name, options in self.adapters.items()},
+            "reference_cache": None
+            if self.reference_cache is None
+            else {
+                "max_mb": self.reference_cache.max_mb,
+                "copy_to_host": self.reference_cache.copy_to_host,
+            },
         }
 
 

@@ -136,6 +136,7 @@ class Session:
             logits=self.config.logits,
             train_mode_only=self.config.train_mode_only,
             on_error=None if self.config.strict else self._injector_failed,
+            reference_cache=_reference_cache(self.config),
         )
         self._handles[student] = handle
         self._all_handles.append(handle)
@@ -209,10 +210,23 @@ class Session:
             "reference_intact": all(r["intact"] for r in references) if references else None,
             "agreement": _computed(last),
             "agreement_all_passes": _computed(every),
+            "reference_cache": [
+                h.reference_cache.stats.as_dict() for h in self._all_handles if h.reference_cache
+            ],
             "failures": list(self.counters.failures),
             "warnings": list(self.counters.warnings),
             "crashed": self.crashed,
         }
+
+
+def _reference_cache(config: Config) -> Any:
+    """A fresh cache per attached student, when the configuration asks for one."""
+    settings = config.reference_cache
+    if settings is None:
+        return None
+    from labelkeep_plugins.reference_cache import ReferenceCache
+
+    return ReferenceCache(int(settings.max_mb * 2**20), copy_to_host=settings.copy_to_host)
 
 
 def _computed(meter: AgreementMeter) -> dict[str, Any] | None:

@@ -364,3 +364,14 @@ def test_ce_keeps_weight_one_unless_given() -> None:
     """Adding a term must not silently drop the user's own loss."""
     assert LossConfig(weights={"kd": 2.0}).weights == {"ce": 1.0, "kd": 2.0}
     assert LossConfig(weights={"ce": 0.0, "kd": 1.0}).weights == {"ce": 0.0, "kd": 1.0}
+
+
+def test_reference_cache_option() -> None:
+    assert Config().reference_cache is None
+    on = Config.from_dict({"reference_cache": True})
+    assert on.reference_cache is not None and on.reference_cache.max_mb == 64.0
+    assert Config.from_dict(on.to_dict()) == on
+    with pytest.raises(ConfigError, match=r"reference_cache\.max_mb must be a number > 0"):
+        Config.from_dict({"reference_cache": {"max_mb": 0}})
+    with pytest.raises(ConfigError, match="unknown key"):
+        Config.from_dict({"reference_cache": {"size": 3}})

@@ -876,3 +876,32 @@ def test_two_criterion_calls_on_one_forward_count_once(student, reference_model,
     assert (stats["training_forwards"], stats["via_loss_value"], stats["via_gradient"]) == (1, 1, 0)
     assert len(recorder.training) == 1
     assert torch.equal(recorder.training[0]["targets"], y)
+
+
+def test_reference_cache_serves_repeated_inputs_with_identical_gradients(
+    student, reference_model, batch
+):
+    from labelkeep_plugins.reference_cache import ReferenceCache
+
+    x, y = batch
+
+    def step(model: nn.Module) -> None:
+        model.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+
+    cached_student = copy.deepcopy(student)
+    cache = ReferenceCache()
+    cached = InjectionHandle(
+        cached_student,
+        snapshot_reference(reference_model),
+        LossComposer(LossConfig()),
+        reference_cache=cache,
+    )
+    step(cached_student)
+    step(cached_student)  # the same inputs again: served from the cache
+    cached.detach()
+    assert cache.stats.hits == len(y) and cache.stats.misses == len(y)
+    plain = attach(student, reference_model)
+    step(student)
+    plain.detach()
+    assert_grads_equal(grads_of(cached_student), grads_of(student), atol=0, rtol=0)

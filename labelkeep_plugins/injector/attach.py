@@ -35,6 +35,7 @@ from labelkeep_plugins.logits import as_logits
 from labelkeep_plugins.metrics import AgreementMeter
 from labelkeep_plugins.plugins import load_plugins
 from labelkeep_plugins.reference import as_reference, move_to
+from labelkeep_plugins.reference_cache import ReferenceCache
 
 
 @dataclass
@@ -78,6 +79,8 @@ class InjectionHandle:
     ``on_error``: without it a failure in a hook (unreadable logits, a shape
     mismatch) raises into the user's training step; with it (auto mode) the
     failure goes to the callback and that step passes through unmodified.
+    ``reference_cache``: serve the reference's logits for inputs seen before from this
+    cache instead of running its forward again (see :mod:`labelkeep_plugins.reference_cache`).
     """
 
     def __init__(
@@ -89,6 +92,7 @@ class InjectionHandle:
         logits: LogitsSelector = None,
         train_mode_only: bool = True,
         on_error: ErrorHandler | None = None,
+        reference_cache: ReferenceCache | None = None,
     ) -> None:
         existing = _attached.get(student)
         if existing is not None and existing.attached:
@@ -101,6 +105,7 @@ class InjectionHandle:
         self.composer = composer
         self.logits_selector = logits
         self.train_mode_only = train_mode_only
+        self.reference_cache = reference_cache
         self.stats = InjectionStats()
         self._meters = PassMeters()
         self._on_error = on_error
@@ -191,6 +196,11 @@ class InjectionHandle:
         self, args: tuple[Any, ...], kwargs: dict[str, Any], device: torch.device
     ) -> torch.Tensor:
         move_to(self.reference, device)
+        if self.reference_cache is not None:
+            return self.reference_cache(args, kwargs, self._reference_logits)
+        return self._reference_logits(args, kwargs)
+
+    def _reference_logits(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
         with torch.no_grad():
             output = self.reference(*args, **kwargs)
         return as_logits(output, self.logits_selector).detach()
