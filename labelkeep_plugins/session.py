@@ -23,6 +23,7 @@ from labelkeep_plugins.errors import LabelkeepError
 from labelkeep_plugins.metrics import AgreementMeter
 from labelkeep_plugins.plugins import load_plugins
 from labelkeep_plugins.reference import checksum, snapshot_reference, unwrap_model
+from labelkeep_plugins.tuners import make_tuner
 
 if TYPE_CHECKING:
     from labelkeep_plugins.injector.attach import InjectionHandle
@@ -76,7 +77,8 @@ class Session:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.composer = LossComposer(config.loss)
+        self.tuner = make_tuner(config)  # an unknown tuner name fails here, not silently
+        self.composer = LossComposer(self.tuner.loss_config())
         self.adapters: dict[str, AdapterStatus] = {}
         self.counters = Counters()
         self.crashed: str | None = None
@@ -203,6 +205,7 @@ class Session:
         return {
             "labelkeep_version": __version__,
             "config": self.config.to_dict(),
+            "tuner": self.tuner.state_dict(),
             "adapters": [status.as_dict() for status in self.adapters.values()],
             "references": references,
             "training_steps_with_loss": steps + via_value + via_gradient,

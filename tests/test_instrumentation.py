@@ -261,3 +261,14 @@ def test_two_adapters_patching_the_same_attribute(framework) -> None:
     assert len(report["references"]) == 1
     assert report["training_steps_with_loss"] == 4  # not 8: the loss is added once
     assert framework.Pruner.__init__ is original
+
+
+def test_unknown_tuner_is_refused_when_instrumenting(framework) -> None:
+    """The tuner named in the config is the one the session uses; a typo must not pass."""
+    from labelkeep_plugins.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown tuner 'onlin'; registered tuners: fixed"):
+        instrumented(Config(tuner="onlin")).__enter__()
+    assert current_session() is None
+    with instrumented(Config()) as session:
+        assert session.report()["tuner"] == {"name": "fixed"}
