@@ -97,10 +97,10 @@ def run_comparison(
     return results
 
 
-def format_table(results: dict[str, list[Measurement]], command: str) -> str:
+def format_table(results: dict[str, list[Measurement]], title: str) -> str:
     """Mean ± spread per arm and the reduction factors (ratio of sums over seeds)."""
     rows = [
-        f"{command}: {len(results['plain'])} seeds",
+        f"{title}: {len(results['plain'])} seeds",
         "arm        | accuracy %   | mismatches   | negative flips",
         "-----------|--------------|--------------|---------------",
     ]

@@ -10,7 +10,6 @@ reference on the held-out split.
 from __future__ import annotations
 
 import copy
-import statistics
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -148,34 +147,18 @@ def run_demo(
 
 
 def summary_table(collected: Mapping[str, list[AgreementReport]], settings: DemoSettings) -> str:
-    """Mean ± spread per method, and the reduction factors against plain recovery."""
+    """Mean ± spread per method and the reduction factors, as ``labelkeep compare`` prints them."""
+    from labelkeep_plugins.compare import format_table
+    from labelkeep_plugins.tuning.objective import measurement_from_report
 
-    def mean_std(values: list[float]) -> str:
-        spread = statistics.pstdev(values) if len(values) > 1 else 0.0
-        return f"{statistics.fmean(values):.1f} ± {spread:.1f}"
-
-    rows = [
-        f"{settings.dataset}, {len(settings.seeds)} seeds, {settings.sparsity:.0%} of weights "
-        f"pruned, {settings.recovery_epochs} recovery epochs, {settings.dataset} test split",
-        "method     | accuracy %  | mismatches  | negative flips",
-        "-----------|-------------|-------------|---------------",
-    ]
-    for method, reports in collected.items():
-        rows.append(
-            f"{method:<10} | {mean_std([100 * r.compressed_accuracy for r in reports]):<11}"
-            f" | {mean_std([r.mismatches for r in reports]):<11}"
-            f" | {mean_std([r.negative_flips for r in reports])}"
-        )
-    plain, kept = collected["plain"], collected["labelkeep"]
-    rows.append(
-        f"reduction (sum over seeds): mismatches "
-        f"{_ratio(plain, kept, 'mismatches')}, negative flips "
-        f"{_ratio(plain, kept, 'negative_flips')}"
+    results = {
+        method: [
+            measurement_from_report({"agreement": r.to_dict()}, source=method) for r in reports
+        ]
+        for method, reports in collected.items()
+    }
+    title = (
+        f"{settings.dataset}, {settings.sparsity:.0%} of weights pruned, "
+        f"{settings.recovery_epochs} recovery epochs, test split"
     )
-    return "\n".join(rows)
-
-
-def _ratio(plain: list[AgreementReport], kept: list[AgreementReport], field: str) -> str:
-    numerator = sum(getattr(r, field) for r in plain)
-    denominator = sum(getattr(r, field) for r in kept)
-    return f"{numerator / denominator:.2f}x" if denominator else "inf (none left)"
+    return format_table(results, title)
