@@ -58,15 +58,27 @@ class LossComposer:
         return self.loss.weights.get(GROUND_TRUTH_TERM, 0.0)
 
     def extra_per_sample(
-        self, student: torch.Tensor, reference: torch.Tensor, targets: torch.Tensor | None
+        self,
+        student: torch.Tensor,
+        reference: torch.Tensor,
+        targets: torch.Tensor | None,
+        *,
+        checked: bool = False,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Weighted sum of every term but ``ce``, per sample (fp32), and each term's mean."""
+        """Weighted sum of every term but ``ce``, per sample (fp32), and each term's mean.
+
+        ``checked``: the caller already ran :func:`check_pair` on this pair (the injector
+        does once per forward), so its device sync is not paid a second time.
+        """
+        if not checked:
+            check_pair(student, reference)
         return self._weighted(self._extra, student, reference, targets)
 
     def total(
         self, student: torch.Tensor, reference: torch.Tensor, targets: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The whole loss, ground truth included, as a batch mean (the drop-in loss)."""
+        check_pair(student, reference)
         per_sample, values = self._weighted(
             [*self._ground_truth, *self._extra], student, reference, targets
         )
@@ -79,7 +91,6 @@ class LossComposer:
         reference: torch.Tensor,
         targets: torch.Tensor | None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        check_pair(student, reference)
         inputs = TermInputs(
             student.float(), reference.detach().float(), targets, self.loss.temperature
         )

@@ -217,7 +217,9 @@ class InjectionHandle:
             return None
         if not torch.is_grad_enabled():
             return None
-        extra, values = self.composer.extra_per_sample(logits, entry.reference, target)
+        extra, values = self.composer.extra_per_sample(
+            logits, entry.reference, target, checked=True
+        )
         if not entry.handled:  # several calls on one forward (mixup) count as one step
             entry.handled = True
             self.stats.via_loss_value += 1
@@ -230,7 +232,9 @@ class InjectionHandle:
             return None
         with torch.enable_grad():
             student = entry.student.detach().requires_grad_(True)
-            extra, values = self.composer.extra_per_sample(student, entry.reference, None)
+            extra, values = self.composer.extra_per_sample(
+                student, entry.reference, None, checked=True
+            )
             (extra_grad,) = torch.autograd.grad(extra.mean(), student)
         live = scaler.live_scale()
         if live is not None:
