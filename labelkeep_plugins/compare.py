@@ -70,8 +70,9 @@ def run_comparison(
     results: dict[str, list[Measurement]] = {arm: [] for arm in ARMS}
     for seed in seeds:
         argv = [part.replace("{seed}", str(seed)) for part in command]
+        plain = replace(config, loss=plain_loss(), tuner="fixed")
         for arm in ARMS:
-            arm_config = replace(config, loss=plain_loss()) if arm == "plain" else config
+            arm_config = plain if arm == "plain" else config
             directory = out / f"seed{seed}" / arm
             run = run_trial(argv, directory, arm_config, header=f"labelkeep compare: {arm}")
             if run.exit_code != 0 or run.report is None:

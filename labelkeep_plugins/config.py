@@ -131,7 +131,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     logits: LogitsSelector = None
     train_mode_only: bool = True
-    tuner: str = "fixed"
+    tuner: str = "online"
     report: str | None = None
     strict: bool = False
     disabled_adapters: tuple[str, ...] = ()

@@ -43,8 +43,12 @@ def labelkeep_register_terms(register: Callable[..., None]) -> None:
 def labelkeep_register_tuners(register: Callable[..., None]) -> None:
     """Register weight tuners.
 
-    Call ``register(name, factory)`` where ``factory(config)`` returns an object
-    with ``weights()`` / ``observe(...)`` (see :mod:`labelkeep_plugins.tuners`).
+    Call ``register(name, factory)`` where ``factory(config)`` returns a
+    :class:`labelkeep_plugins.tuners.Tuner`: ``loss_config()``, ``state_dict()``,
+    ``load_state_dict()``, and optionally ``bind(apply)`` to switch the live loss
+    during the run. The session registers the tuner object as a plugin for its
+    run, so a tuner that implements ``labelkeep_training_step`` or
+    ``labelkeep_evaluation_batch`` hears what the injector measures.
 
     :param register: the callback that records one tuner.
     :return: nothing; every implementation is called.

@@ -79,6 +79,9 @@ class Session:
         self.config = config
         self.tuner = make_tuner(config)  # an unknown tuner name fails here, not silently
         self.composer = LossComposer(self.tuner.loss_config())
+        bind = getattr(self.tuner, "bind", None)
+        if callable(bind):  # tuners that learn during the run switch the live loss
+            bind(self.composer.configure)
         self.adapters: dict[str, AdapterStatus] = {}
         self.counters = Counters()
         self.crashed: str | None = None
@@ -90,7 +93,9 @@ class Session:
             weakref.WeakKeyDictionary()
         )
         self._all_handles: list[InjectionHandle] = []
-        self._hooks = load_plugins().hook
+        self._plugin_manager = load_plugins()
+        self._hooks = self._plugin_manager.hook
+        self._plugin_manager.register(self.tuner)  # it hears training steps and evaluations
 
     def reference_for(self, model: nn.Module, *, framework: str, where: str) -> nn.Module:
         """The reference of ``model``: snapshotted now on first sight, the same one afterwards."""
@@ -185,6 +190,8 @@ class Session:
     def detach_all(self) -> None:
         for handle in reversed(self._all_handles):
             handle.detach()
+        if self._plugin_manager.is_registered(self.tuner):
+            self._plugin_manager.unregister(self.tuner)
 
     def report(self) -> dict[str, Any]:
         """The JSON-serialisable run report.

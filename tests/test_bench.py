@@ -188,7 +188,9 @@ def test_a_damaged_record_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_method_configs() -> None:
     assert dict(method_config("plain").loss.weights) == {"ce": 1.0}
-    assert method_config("default") == Config()
+    assert method_config("default") == Config(tuner="fixed")  # the fixed default weights
+    assert method_config("online").tuner == "online"
+    assert method_config("plain").tuner == method_config("tuned", {}).tuner == "fixed"
     assert method_config("tuned", {"weights": {"kd": 0.3}}).loss.weights["kd"] == 0.3
     with pytest.raises(ValueError, match="tuned"):
         method_config("tuned")
@@ -245,19 +247,32 @@ class _Stderr:
 def test_full_bench_with_fakes_writes_every_output(tmp_path: Path, fakes: FakeRuns, capsys) -> None:
     out = tmp_path / "out"
     assert bench(out, "--frameworks", "torch-pruning", "--datasets", "mnist1d") == 0
-    assert len(fakes.calls) == 9  # 3 methods x 3 seeds
+    assert len(fakes.calls) == 12  # 4 methods x 3 seeds
     tuned_config = next(c for k, c in fakes.calls if k.method == "tuned")
     assert tuned_config.loss.weights["kd"] == 0.5
     data = json.loads((out / "results.json").read_text())
     assert data["tuning"]["torch-pruning/mnist1d"]["best_trial"] == 2
     rows = data["summary"]["rows"]
-    assert [r["method"] for r in rows] == ["plain", "default", "tuned"]
+    assert [r["method"] for r in rows] == ["plain", "default", "tuned", "online"]
     assert rows[2]["mismatch_reduction"] == pytest.approx(330 / 150)
+    assert rows[3]["mismatch_reduction"] == pytest.approx(330 / 240)
     assert "| torch-pruning/mnist1d |" in (out / "results.md").read_text()
     captured = capsys.readouterr()
     assert "labelkeep tuned" in captured.out and "median mismatch reduction" in captured.out
-    assert "no online row" in captured.out
-    assert "[18/18]" in captured.err  # 9 runs and 8 + 1 tuning trials
+    assert "labelkeep online" in captured.out
+    assert "[21/21]" in captured.err  # 12 runs and 8 + 1 tuning trials
+
+
+def test_no_online_row_without_an_online_tuner(
+    tmp_path: Path, fakes: FakeRuns, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    from labelkeep_plugins import plugins
+
+    monkeypatch.setattr(plugins, "tuner_factories", lambda: {"fixed": None})
+    options = ["--frameworks", "brevitas", "--datasets", "digits", "--seeds", "1"]
+    assert bench(tmp_path, *options, "--trials", "0") == 0
+    assert [k.method for k, _ in fakes.calls] == ["plain", "default"]
+    assert "no online row" in capsys.readouterr().out
 
 
 def test_interrupted_bench_keeps_runs_and_resume_continues(
@@ -278,8 +293,8 @@ def test_interrupted_bench_keeps_runs_and_resume_continues(
     monkeypatch.setattr(session, "execute_run", second)
     assert bench(out, *options, "--resume") == 0
     assert {k for k, _ in second.calls}.isdisjoint({k for k, _ in first.calls})
-    assert len(second.calls) == 5
-    assert len(json.loads((out / "results.json").read_text())["runs"]) == 9
+    assert len(second.calls) == 8
+    assert len(json.loads((out / "results.json").read_text())["runs"]) == 12
     assert bench(out, *options, "--resume", "--seeds", "2") == 2  # other settings
 
 
@@ -289,7 +304,8 @@ def test_tuning_that_keeps_plain_reuses_plain_runs(
     kept = TuningOutcome({"weights": {"ce": 1.0}}, 0, None)
     monkeypatch.setattr(session, "tune_cell", fake_tune(kept))
     assert bench(tmp_path, "--frameworks", "nni", "--datasets", "digits", "--seeds", "2") == 0
-    assert [k.method for k, _ in fakes.calls] == ["plain", "plain", "default", "default"]
+    methods = [k.method for k, _ in fakes.calls]
+    assert methods == ["plain", "plain", "default", "default", "online", "online"]
     rows = json.loads((tmp_path / "results.json").read_text())["summary"]["rows"]
     assert rows[2]["mismatch_reduction"] == 1.0 and "plain's runs" in rows[2]["notes"][0]
 

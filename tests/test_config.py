@@ -29,7 +29,7 @@ def test_defaults():
     assert config.loss.focal == FocalConfig()
     assert config.logits is None
     assert config.strict is False and config.train_mode_only is True
-    assert config.tuner == "fixed"
+    assert config.tuner == "online"  # auto mode sizes the teacher terms as it goes
     assert config.disabled_adapters == ()
     assert Config.from_dict(None) == config
     assert Config.from_dict({}) == config

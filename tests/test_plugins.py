@@ -16,6 +16,7 @@ from labelkeep_plugins import hookimpl, plugins
 from labelkeep_plugins.composer import LossComposer
 from labelkeep_plugins.config import Config, LossConfig
 from labelkeep_plugins.errors import ConfigError, LabelkeepWarning, PluginError
+from labelkeep_plugins.online_tuner import OnlineTuner
 from labelkeep_plugins.terms import LossTerm
 from labelkeep_plugins.tuners import FixedTuner, make_tuner
 
@@ -42,12 +43,13 @@ def test_builtins_are_registered():
     terms = plugins.loss_terms()
     assert set(terms) == BUILTIN_NAMES
     assert all(isinstance(term, LossTerm) and term.name == name for name, term in terms.items())
-    assert set(plugins.tuner_factories()) == {"fixed"}
+    assert set(plugins.tuner_factories()) == {"fixed", "online"}
     assert plugins.tuner_factories()["fixed"] is FixedTuner
+    assert plugins.tuner_factories()["online"] is OnlineTuner
 
 
 def test_make_tuner():
-    tuner = make_tuner(Config())
+    tuner = make_tuner(Config(tuner="fixed"))
     assert isinstance(tuner, FixedTuner)
     assert tuner.loss_config() == Config().loss
     tuner.load_state_dict(tuner.state_dict())

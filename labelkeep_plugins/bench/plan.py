@@ -120,11 +120,11 @@ def script_command(
 def method_config(method: str, tuned_loss: dict[str, Any] | None = None) -> Config:
     """The labelkeep configuration of a method (``tuned`` needs the tuner's best loss)."""
     if method == PLAIN:
-        return Config(loss=LossConfig.from_value(PLAIN_LOSS))
+        return Config(loss=LossConfig.from_value(PLAIN_LOSS), tuner="fixed")
     if method == DEFAULT:
-        return Config()
+        return Config(tuner="fixed")
     if method == ONLINE:
         return Config(tuner=ONLINE)
     if method == TUNED and tuned_loss is not None:
-        return Config(loss=LossConfig.from_value(tuned_loss))
+        return Config(loss=LossConfig.from_value(tuned_loss), tuner="fixed")
     raise ValueError(f"no configuration for method {method!r}")

@@ -6,9 +6,11 @@ from collections.abc import Callable
 from typing import Any
 
 from labelkeep_plugins.hookspecs import hookimpl
+from labelkeep_plugins.online_tuner import OnlineTuner
 from labelkeep_plugins.tuners import FixedTuner
 
 
 @hookimpl
 def labelkeep_register_tuners(register: Callable[[str, Callable[..., Any]], None]) -> None:
     register(FixedTuner.name, FixedTuner)
+    register(OnlineTuner.name, OnlineTuner)

@@ -72,7 +72,7 @@ def prepare_config(config: Config) -> Config:
         parameters = _trial_parameters()
         if parameters:
             loss = parameters_to_loss(parameters, config.loss, ignore_unknown=True)
-            config = replace(config, loss=loss)
+            config = replace(config, loss=loss, tuner="fixed")  # the trial's weights, as given
     except Exception as exc:
         if config.strict:
             raise

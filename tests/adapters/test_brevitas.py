@@ -147,7 +147,7 @@ def test_reference_is_the_float_model_before_quantization(flow: str) -> None:
     with torch.no_grad():
         before = model(X)
     before_checksum = checksum(model)
-    with instrumented(Config()) as session:
+    with instrumented(Config(tuner="fixed")) as session:
         student = quantize_flow(model, flow)
         assert session.handle_of(student) is not None, "the quantized model is attached"
         assert torch.equal(reference_output(session, student), before)
@@ -168,7 +168,7 @@ def test_preprocess_corrupts_the_original_which_is_why_the_reference_is_a_copy()
     model = pretrained()
     with torch.no_grad():
         before = model(X)
-    with instrumented(Config()) as session:
+    with instrumented(Config(tuner="fixed")) as session:
         student = quantize(preprocess_for_quantize(model))
         with torch.no_grad():
             assert (model(X) - before).abs().max() > 1e-3  # BN merged into the shared convs
@@ -198,7 +198,9 @@ LOSSES = {
 @pytest.mark.parametrize("flow", ["layerwise", "fx"])
 def test_qat_gradients_equal_the_explicit_combined_loss(flow: str, loss_name: str) -> None:
     loss_of, targets = LOSSES[loss_name]
-    config = Config(loss={"weights": {"ce": 0.5, "kd": 1.0, "hard": 0.3}, "temperature": 3.0})
+    config = Config(
+        tuner="fixed", loss={"weights": {"ce": 0.5, "kd": 1.0, "hard": 0.3}, "temperature": 3.0}
+    )
     model = pretrained()
     plain = quantize_flow(copy.deepcopy(model), flow)  # the same QAT model, without labelkeep
     calibrate_on(plain)
@@ -237,7 +239,7 @@ def test_ptq_algorithms_are_untouched() -> None:
     model = pretrained()
     plain = layerwise_quantize(copy.deepcopy(model))
     _ptq(plain)
-    with instrumented(Config()) as session:
+    with instrumented(Config(tuner="fixed")) as session:
         student = layerwise_quantize(model)
         handle = session.handle_of(student)
         with warnings.catch_warnings(record=True) as caught:
@@ -254,7 +256,7 @@ def test_ptq_algorithms_are_untouched() -> None:
 
 
 def test_hand_built_model_gets_a_quant_disabled_reference() -> None:
-    with instrumented(Config()) as session:
+    with instrumented(Config(tuner="fixed")) as session:
         watcher = session_adapter(session).handbuilt
         torch.manual_seed(0)
         model = QuantNet()
@@ -289,7 +291,7 @@ class Wrapper(nn.Module):
 
 
 def test_the_outermost_model_is_claimed_not_its_blocks() -> None:
-    with instrumented(Config()) as session:
+    with instrumented(Config(tuner="fixed")) as session:
         model = Wrapper()
         model.train()
         nn.CrossEntropyLoss()(model(X), Y % 3).backward()
@@ -305,7 +307,7 @@ class Uncopyable(Wrapper):
 
 
 def test_a_model_that_cannot_be_copied_is_reported_and_its_blocks_left_alone(capsys) -> None:
-    with instrumented(Config()) as session:
+    with instrumented(Config(tuner="fixed")) as session:
         model = Uncopyable()
         for _ in range(2):
             nn.CrossEntropyLoss()(model.train()(X), Y % 3).backward()
@@ -316,7 +318,7 @@ def test_a_model_that_cannot_be_copied_is_reported_and_its_blocks_left_alone(cap
 
 
 def test_eval_and_no_grad_forwards_do_not_claim() -> None:
-    with instrumented(Config()) as session:
+    with instrumented(Config(tuner="fixed")) as session:
         model = QuantNet()
         calibrate_on(model)
         with torch.no_grad():
@@ -327,7 +329,7 @@ def test_eval_and_no_grad_forwards_do_not_claim() -> None:
 
 
 def test_copies_of_an_attached_student_carry_no_injector() -> None:
-    with instrumented(Config()) as session:
+    with instrumented(Config(tuner="fixed")) as session:
         student = layerwise_quantize(pretrained())
         clone = copy.deepcopy(student)  # e.g. a best-checkpoint copy, or gpxq_mode(inplace=False)
         qat_steps(clone, 1)
@@ -337,7 +339,7 @@ def test_copies_of_an_attached_student_carry_no_injector() -> None:
 
 
 def test_frozen_quant_layers_warn_at_the_first_training_forward() -> None:
-    with instrumented(Config()) as _session:
+    with instrumented(Config(tuner="fixed")) as _session:
         student = layerwise_quantize(pretrained())
         student.conv.weight.requires_grad_(False)  # what learned round leaves behind
         with pytest.warns(LabelkeepWarning, match="requires_grad=False"):
@@ -376,7 +378,7 @@ def patched_attributes() -> dict[str, object]:
 def test_uninstrument_restores_every_attribute_by_identity() -> None:
     before = patched_attributes()
     global_hooks = dict(torch_module._global_forward_pre_hooks)
-    with instrumented(Config()) as session:
+    with instrumented(Config(tuner="fixed")) as session:
         assert session.adapters["brevitas"].state == "active"
         during = patched_attributes()
         assert all(during[name] is not before[name] for name in before), [
@@ -421,7 +423,7 @@ def brevitas_version(monkeypatch: pytest.MonkeyPatch):
 
 def test_out_of_range_brevitas_is_skipped_with_one_line(brevitas_version, capsys) -> None:
     before = patched_attributes()
-    with instrumented(Config()) as session:
+    with instrumented(Config(tuner="fixed")) as session:
         student = layerwise_quantize(pretrained())
         qat_steps(student, 1)
         assert patched_attributes() == before
@@ -438,7 +440,7 @@ def test_out_of_range_brevitas_is_an_error_when_strict(brevitas_version) -> None
     try:
         with (
             pytest.raises(PluginError, match=r"brevitas 0\.9\.0"),
-            instrumented(Config(strict=True)),
+            instrumented(Config(tuner="fixed", strict=True)),
         ):
             pass
     finally:
@@ -450,7 +452,7 @@ def test_a_failing_install_leaves_the_run_going(monkeypatch, capsys) -> None:
         raise RuntimeError("boom")
 
     monkeypatch.setattr(labelkeep_brevitas.BrevitasAdapter, "install", broken)
-    with instrumented(Config()) as session:
+    with instrumented(Config(tuner="fixed")) as session:
         student = layerwise_quantize(pretrained())
         qat_steps(student, 2)
         report = session.report()
@@ -466,7 +468,7 @@ def test_a_wrapper_on_top_of_a_patch_survives_uninstrument() -> None:
     try:
         with (
             pytest.warns(LabelkeepWarning, match="layerwise_layer_handler"),
-            instrumented(Config()),
+            instrumented(Config(tuner="fixed")),
         ):
             ours = bq.layerwise_layer_handler
 

@@ -110,7 +110,7 @@ def test_loss_is_active_in_every_nni_training_step(name: str) -> None:
     before = nni_attributes()
     model = user.pretrained()
     pristine = checksum(model)
-    with instrumented(Config()) as session:
+    with instrumented(Config(tuner="fixed")) as session:
         assert session.adapters["nni"].state == "active"
         build(model, user.make_evaluator(model)).compress(*compress_args)
         handle = session.handle_of(model)
@@ -131,7 +131,7 @@ def test_loss_is_active_in_every_nni_training_step(name: str) -> None:
 
 
 def test_nni_driven_step_is_exact_and_counted_once() -> None:
-    config = Config()
+    config = Config(tuner="fixed")
     checked: list[bool] = []
     model = user.pretrained()
 
@@ -156,7 +156,7 @@ def test_nni_driven_step_is_exact_and_counted_once() -> None:
 def test_users_own_finetuning_after_compress_and_speedup_gets_the_loss_once() -> None:
     from nni.compression.speedup import ModelSpeedup
 
-    config = Config()
+    config = Config(tuner="fixed")
     model = user.pretrained()
     with instrumented(config) as session:
         pruner = user.TaylorPruner(model, user.CONV, user.make_evaluator(model), training_steps=3)
@@ -189,7 +189,7 @@ def test_a_distiller_trains_with_its_own_loss_only() -> None:
     from nni.compression.distillation import DynamicLayerwiseDistiller
 
     model = user.pretrained()
-    with instrumented(Config()) as session:
+    with instrumented(Config(tuner="fixed")) as session:
         pruner = user.L1NormPruner(model, user.CONV)
         pruner.compress()
         handle = session.handle_of(model)

@@ -144,7 +144,7 @@ def test_every_pruner_class_is_covered() -> None:
 def test_loss_in_every_fine_tuning_step_after_step(name: str) -> None:
     model, x, y = tiny()
     before = copy.deepcopy(model.state_dict())
-    with instrumented(Config()) as session:
+    with instrumented(Config(tuner="fixed")) as session:
         pruner = build(name, model, x[:2])
         finetune(model, x, y, 2, pruner=pruner)  # sparse training: the loss is held back
         assert session.handle_of(model).stats.forwards == 0
@@ -163,7 +163,9 @@ def taylor_run(
 ) -> tuple[torch.Tensor, int, dict[str, torch.Tensor]]:
     """Taylor importance after one train-mode backward: the grads, loss steps, pruned state."""
     model, x, y = tiny()
-    context = instrumented(config or Config()) if instrument_it else contextlib.nullcontext()
+    context = (
+        instrumented(config or Config(tuner="fixed")) if instrument_it else contextlib.nullcontext()
+    )
     with context as session:
         pruner = build("MetaPruner", model, x[:2], taylor=True)
         model.train()
@@ -189,10 +191,12 @@ def test_loss_during_importance_can_be_switched_on(monkeypatch: pytest.MonkeyPat
 
 def test_loss_during_importance_from_the_config_file() -> None:
     plain_grad, _, _ = taylor_run(False)
-    on = Config(adapters={"torch-pruning": {"loss_during_importance": True}})
+    on = Config(tuner="fixed", adapters={"torch-pruning": {"loss_during_importance": True}})
     grad, steps, _ = taylor_run(True, on)
     assert steps == 1 and not torch.equal(grad, plain_grad)
-    strict_typo = Config(strict=True, adapters={"torch-pruning": {"loss_during_importanc": True}})
+    strict_typo = Config(
+        tuner="fixed", strict=True, adapters={"torch-pruning": {"loss_during_importanc": True}}
+    )
     with pytest.raises(ConfigError, match="unknown option"):
         taylor_run(True, strict_typo)
 
@@ -222,7 +226,7 @@ def test_option_values(
 
 def test_interactive_step_opens_the_loss_once_groups_are_pruned() -> None:
     model, x, y = tiny()
-    with instrumented(Config()) as session:
+    with instrumented(Config(tuner="fixed")) as session:
         groups = build("MetaPruner", model, x[:2]).step(interactive=True)
         finetune(model, x, y, 1)
         assert with_loss(session, model) == 0
@@ -234,7 +238,7 @@ def test_interactive_step_opens_the_loss_once_groups_are_pruned() -> None:
 
 def test_interactive_step_counts_as_done_when_exhausted() -> None:
     model, x, y = tiny()
-    with instrumented(Config()) as session:
+    with instrumented(Config(tuner="fixed")) as session:
         pruner = build("MetaPruner", model, x[:2])
         for _group in pruner.step(interactive=True):
             pass  # the user decides to prune nothing this step
@@ -245,7 +249,7 @@ def test_interactive_step_counts_as_done_when_exhausted() -> None:
 def test_low_level_dependency_graph() -> None:
     model, x, y = tiny()
     before = copy.deepcopy(model.state_dict())
-    with instrumented(Config()) as session:
+    with instrumented(Config(tuner="fixed")) as session:
         graph = tp.DependencyGraph().build_dependency(model, example_inputs=x[:2])
         finetune(model, x, y, 1)
         assert with_loss(session, model) == 0
@@ -261,7 +265,7 @@ def test_low_level_dependency_graph() -> None:
 def test_second_pruner_keeps_the_first_reference_and_tracing_is_not_evaluation() -> None:
     model, x, y = tiny()
     original = checksum(model)
-    with instrumented(Config()) as session:
+    with instrumented(Config(tuner="fixed")) as session:
         build("MetaPruner", model, x[:2], 0.25).step()
         finetune(model, x, y, 2)
         model.eval()
@@ -282,7 +286,7 @@ def test_second_pruner_keeps_the_first_reference_and_tracing_is_not_evaluation()
 
 def test_warns_once_when_fine_tuning_in_eval_mode(capsys: pytest.CaptureFixture[str]) -> None:
     model, x, y = tiny()
-    with instrumented(Config()) as session:
+    with instrumented(Config(tuner="fixed")) as session:
         pruner = build("MetaPruner", model, x[:2])
         model(x).sum().backward()  # eval-mode backward for importance: not fine-tuning
         pruner.step()
@@ -295,7 +299,7 @@ def test_warns_once_when_fine_tuning_in_eval_mode(capsys: pytest.CaptureFixture[
 
 def test_no_warning_when_fine_tuning_in_train_mode(capsys: pytest.CaptureFixture[str]) -> None:
     model, x, y = tiny()
-    with instrumented(Config()):
+    with instrumented(Config(tuner="fixed")):
         build("MetaPruner", model, x[:2]).step()
         finetune(model, x, y, 2)
         model.eval()
@@ -305,7 +309,7 @@ def test_no_warning_when_fine_tuning_in_train_mode(capsys: pytest.CaptureFixture
 
 def test_pruned_model_can_be_counted_copied_and_saved() -> None:
     model, x, y = tiny()
-    with instrumented(Config()) as session:
+    with instrumented(Config(tuner="fixed")) as session:
         build("MetaPruner", model, x[:2]).step()
         _, params = tp.utils.count_ops_and_params(model, x[:2])  # deep-copies the model
         clone = copy.deepcopy(model)
@@ -324,7 +328,7 @@ def test_pruned_model_can_be_counted_copied_and_saved() -> None:
 
 def test_uninstrument_restores_identity() -> None:
     model, x, y = tiny()
-    with instrumented(Config()):
+    with instrumented(Config(tuner="fixed")):
         assert all(o.__dict__[n] is not ORIGINALS[o, n] for o, n in PATCHED)
         build("GroupNormPruner", model, x[:2]).step()
         finetune(model, x, y, 1)
@@ -340,7 +344,7 @@ def test_out_of_range_version_is_skipped(
         host_adapters, "version", lambda name: "1.7.0" if name == "torch-pruning" else real(name)
     )
     model, x, y = tiny()
-    with instrumented(Config()) as session:
+    with instrumented(Config(tuner="fixed")) as session:
         assert BasePruner.__dict__["__init__"] is ORIGINALS[BasePruner, "__init__"]
         build("MetaPruner", model, x[:2]).step()
         finetune(model, x, y, 2)
@@ -350,7 +354,7 @@ def test_out_of_range_version_is_skipped(
     lines = [line for line in capsys.readouterr().err.splitlines() if "torch-pruning" in line]
     assert len(lines) == 1 and "1.7.0" in lines[0]
     with pytest.raises(PluginError, match=r"1\.7\.0"):
-        instrument(Config(strict=True))
+        instrument(Config(tuner="fixed", strict=True))
 
 
 def test_failing_install_leaves_the_script_running(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -359,7 +363,7 @@ def test_failing_install_leaves_the_script_running(monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(TorchPruningAdapter, "install", explode)
     model, x, y = tiny()
-    with instrumented(Config()) as session:
+    with instrumented(Config(tuner="fixed")) as session:
         build("MetaPruner", model, x[:2]).step()
         finetune(model, x, y, 2)
         report = session.report()
@@ -372,7 +376,7 @@ def test_install_failing_part_way_undoes_its_patches(monkeypatch: pytest.MonkeyP
         raise RuntimeError("half-way")
 
     monkeypatch.setattr(TorchPruningAdapter, "_wrap_group_prune", explode)
-    with instrumented(Config()) as session:
+    with instrumented(Config(tuner="fixed")) as session:
         assert all(o.__dict__[n] is ORIGINALS[o, n] for o, n in PATCHED)
         assert any("half-way" in failure for failure in session.report()["failures"])
 
@@ -388,19 +392,19 @@ class Locked(Tiny):
 def test_snapshot_failure_does_not_stop_pruning(capsys: pytest.CaptureFixture[str]) -> None:
     _, x, y = tiny()
     model = Locked()
-    with instrumented(Config()) as session:
+    with instrumented(Config(tuner="fixed")) as session:
         build("MetaPruner", model, x[:2]).step()
         finetune(model, x, y, 2)
         report = session.report()
     assert model.conv1.out_channels == 4 and report["references"] == []
     assert any("SnapshotError" in failure for failure in report["failures"])
-    with instrumented(Config(strict=True)), pytest.raises(SnapshotError):
+    with instrumented(Config(tuner="fixed", strict=True)), pytest.raises(SnapshotError):
         build("MetaPruner", Locked(), x[:2])
 
 
 def test_wrapper_on_top_is_left_in_place() -> None:
     model, x, y = tiny()
-    with pytest.warns(LabelkeepWarning, match="step"), instrumented(Config()):
+    with pytest.warns(LabelkeepWarning, match="step"), instrumented(Config(tuner="fixed")):
         ours = BasePruner.step
 
         def other_library(self: Any, *args: Any, **kwargs: Any) -> Any:
