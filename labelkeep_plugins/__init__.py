@@ -40,6 +40,7 @@ _EXPORTS: dict[str, str] = {
     "hookimpl": "hookspecs",
     "InjectionHandle": "injector",
     "attach": "injector",
+    "current_session": "instrumentation",
     "instrument": "instrumentation",
     "instrumented": "instrumentation",
     "uninstrument": "instrumentation",
@@ -77,6 +78,7 @@ __all__ = [
     "as_logits",
     "attach",
     "checksum",
+    "current_session",
     "get_plugin_manager",
     "hookimpl",
     "instrument",
@@ -102,7 +104,12 @@ if TYPE_CHECKING:
     )
     from labelkeep_plugins.hookspecs import hookimpl
     from labelkeep_plugins.injector import InjectionHandle, attach
-    from labelkeep_plugins.instrumentation import instrument, instrumented, uninstrument
+    from labelkeep_plugins.instrumentation import (
+        current_session,
+        instrument,
+        instrumented,
+        uninstrument,
+    )
     from labelkeep_plugins.logits import as_logits
     from labelkeep_plugins.loss import LabelPreservingLoss
     from labelkeep_plugins.metrics import AgreementMeter, AgreementReport, agreement

@@ -43,6 +43,7 @@ class LossComposer:
 
             terms = loss_terms()
         self._terms = dict(terms)
+        self._pending: LossConfig | None = None
         self.configure(loss)
 
     def configure(self, loss: LossConfig) -> None:
@@ -51,6 +52,19 @@ class LossComposer:
         active = [(self._terms[name], w) for name, w in loss.weights.items() if w > 0]
         self._ground_truth = [(t, w) for t, w in active if t.name == GROUND_TRUTH_TERM]
         self._extra = [(t, w) for t, w in active if t.name != GROUND_TRUTH_TERM]
+
+    def defer(self, loss: LossConfig) -> None:
+        """Switch to ``loss`` at the next student forward (:meth:`apply_pending`).
+
+        A tuner learns inside a step's loss call; a second loss call on the same forward
+        (mixup) must still see the weights the first one had.
+        """
+        self._pending = loss
+
+    def apply_pending(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            self.configure(pending)
 
     @property
     def ground_truth_weight(self) -> float:

@@ -3,37 +3,49 @@
 Two controls, both logged into the run report's ``tuner.trajectory``:
 
 * **Gradient share.** The teacher terms' gradient on the logits is kept at ``share``
-  times the ground-truth term's (running averages over training batches). Their
-  weights are scaled by one multiplier to do so; their mix, the temperature and
-  the focal weights stay as configured. The user's loss keeps its weight, so the
-  learning rate the script was written for keeps its meaning, and the teacher can
-  only nudge the recovery, never take it over.
+  times the ground-truth term's (its weight included; running averages over training
+  batches). Their weights are scaled by one multiplier to do so; their mix, the
+  temperature and the focal weights stay as configured. The user's loss keeps its
+  weight, so the learning rate the script was written for keeps its meaning, and the
+  teacher can only nudge the recovery, never take it over. Until a first measurement
+  (and with ``ce: 0``, where there is no user loss to hold a share of) the configured
+  weights apply as given.
 * **Held-out feedback.** When the script evaluates (eval-mode or no-grad passes),
   each pass's mismatches with the reference and its accuracy are compared with the
   previous pass. A rise in mismatches or a fall in accuracy beyond counting noise
   halves the share; a fall in mismatches beyond noise with accuracy kept raises it
-  by half, up to ``max_share``.
+  by half, up to ``MAX_SHARE``.
+
+A pass is judged at the second training step after it: the injector hands over an
+evaluation batch when its logits are freed, and a script's ``out`` variable often holds
+the last one until the next training forward replaced it. Batches arriving in that one
+step, fewer samples than the pass they follow, are its tail, not a pass of their own.
 
 The state is plain numbers and lists: ``state_dict()`` goes into a checkpoint saved
-with ``torch.save`` and loads back with ``torch.load(weights_only=True)``.
+with ``torch.save`` and loads back with ``torch.load(weights_only=True)``. Reading it
+changes nothing; passes not judged yet are in ``ended_pass`` and ``open_pass``.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
-from labelkeep_plugins.composer import LossComposer
+from labelkeep_plugins.builtin import terms as builtin
+from labelkeep_plugins.composer import LossComposer, focal_weights
 from labelkeep_plugins.config import Config, LossConfig
 from labelkeep_plugins.errors import ConfigError
 from labelkeep_plugins.hookspecs import hookimpl
-from labelkeep_plugins.terms import GROUND_TRUTH_TERM
+from labelkeep_plugins.terms import GROUND_TRUTH_TERM, TermInputs
 
 INITIAL_SHARE = 0.25
+INITIAL_MULTIPLIER = 1.0  # the configured weights, until the gradients were measured
 MAX_SHARE = 1.0
 MIN_SHARE = 1.0 / 64
 MAX_MULTIPLIER = 8.0
@@ -55,13 +67,17 @@ class PassFigures:
     def accuracy(self) -> float | None:
         return self.correct / self.labelled if self.labelled else None
 
+    def add(self, other: PassFigures) -> None:
+        for name in ("samples", "mismatches", "correct", "labelled"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
 
 @dataclass
 class OnlineState:
     """Everything the tuner learned so far (what ``state_dict`` holds)."""
 
     share: float = INITIAL_SHARE
-    multiplier: float = 0.0
+    multiplier: float = INITIAL_MULTIPLIER
     ce_grad: float | None = None
     teacher_grad: float | None = None
     steps: int = 0
@@ -77,8 +93,10 @@ class OnlineTuner:
     def __init__(self, config: Config) -> None:
         self._base = config.loss
         self._probe = LossComposer(config.loss)
+        self._forms = _closed_forms(config.loss)
         self._apply: Callable[[LossConfig], None] | None = None
-        self._current_pass: PassFigures | None = None
+        self._open: PassFigures | None = None  # batches since the last training step
+        self._ended: PassFigures | None = None  # the pass that ended there, not judged yet
         self.state = OnlineState()
 
     # -- what the host asks -------------------------------------------------------------
@@ -96,16 +114,20 @@ class OnlineTuner:
         self._apply = apply
 
     def state_dict(self) -> dict[str, Any]:
-        self._close_pass()
-        return {"name": self.name, **asdict(self.state)}
+        """A copy of the state (reading it judges no pass and changes nothing)."""
+        pending = {"ended_pass": _plain(self._ended), "open_pass": _plain(self._open)}
+        return {"name": self.name, **asdict(self.state), **pending}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if not isinstance(state, dict) or state.get("name") != self.name:
             found = state.get("name") if isinstance(state, dict) else type(state).__name__
             raise ConfigError(f"cannot resume tuner {self.name!r} from state of {found!r}")
         known = {key: value for key, value in state.items() if key in OnlineState.__annotations__}
-        self.state = OnlineState(**known)
-        self._current_pass = None
+        self.state = OnlineState(**copy.deepcopy(known))  # the caller's lists stay theirs
+        if not _positive(self.state.multiplier):  # zero weights would switch the teacher off
+            self.state.multiplier = INITIAL_MULTIPLIER
+        self._ended = _figures(state.get("ended_pass"))
+        self._open = _figures(state.get("open_pass"))
         if self._apply is not None:
             self._apply(self.loss_config())
         self._push("resumed")
@@ -120,12 +142,16 @@ class OnlineTuner:
         targets: torch.Tensor | None,
         terms: dict[str, torch.Tensor],
     ) -> None:
-        self._close_pass()
         self.state.steps += 1
-        ce_grad, teacher_grad = self._gradient_norms(student_logits, reference_logits, targets)
+        self._end_passes()
+        ce_grad, teacher_grad, differ = self._gradient_norms(
+            student_logits, reference_logits, targets
+        )
         self.state.ce_grad = _ema(self.state.ce_grad, ce_grad)
-        self.state.teacher_grad = _ema(self.state.teacher_grad, teacher_grad)
-        self._rescale("step" if self.state.steps % TRAJECTORY_EVERY == 0 else None)
+        if differ:  # logits equal to the reference's say nothing of the teacher's scale
+            self.state.teacher_grad = _ema(self.state.teacher_grad, teacher_grad)
+        if self._rescale() and self.state.steps % TRAJECTORY_EVERY == 0:
+            self._push("step")
 
     @hookimpl
     def labelkeep_evaluation_batch(
@@ -134,54 +160,101 @@ class OnlineTuner:
         reference_logits: torch.Tensor,
         targets: torch.Tensor | None,
     ) -> None:
-        figures = self._current_pass = self._current_pass or PassFigures()
+        if self._open is None:
+            self._open = PassFigures()
+        figures = self._open
         student = student_logits.argmax(dim=1)
+        reference = reference_logits.argmax(dim=1).to(student.device)
         figures.samples += int(student.numel())
-        figures.mismatches += int((student != reference_logits.argmax(dim=1)).sum())
+        figures.mismatches += int((student != reference).sum())
         if targets is not None and targets.shape == student.shape:
-            figures.labelled += int(student.numel())
-            figures.correct += int((student == targets.to(student.device)).sum())
+            labels = targets.to(student.device)
+            valid = _valid(labels, student_logits.shape[1])  # not an ignore_index
+            figures.labelled += int(valid.sum())
+            figures.correct += int(((student == labels) & valid).sum())
 
     # -- how it decides -----------------------------------------------------------------
 
     def _gradient_norms(
         self, student: torch.Tensor, reference: torch.Tensor, targets: torch.Tensor | None
-    ) -> tuple[float, float]:
-        """Mean per-sample norm of d(term)/d(logits): the ground truth's, and the teacher's."""
+    ) -> tuple[float, float, bool]:
+        """Mean per-sample norms of d(term)/d(logits), the ground truth's and the teacher's.
+
+        The teacher's is taken as the live loss has it (with the labels it saw, None on the
+        gradient path). Also whether the student's logits differ from the reference's.
+        One device sync.
+        """
         logits = student.detach().float()
-        labels = targets if targets is not None else reference.argmax(dim=1)
-        ce = torch.softmax(logits, dim=1)
-        ce[torch.arange(len(labels), device=ce.device), labels.to(ce.device)] -= 1.0
+        ce = _ce_gradient(logits, reference, targets)
+        teacher = self._teacher_gradient(logits, reference, targets)
+        differ = (logits != reference.to(logits)).any().float()
+        ce_norm, teacher_norm, differs = torch.stack(
+            [ce.norm(dim=1).mean(), teacher.norm(dim=1).mean(), differ]
+        ).tolist()
+        return ce_norm, teacher_norm, bool(differs)
+
+    def _teacher_gradient(
+        self, logits: torch.Tensor, reference: torch.Tensor, targets: torch.Tensor | None
+    ) -> torch.Tensor:
+        """d(teacher terms at the configured weights)/d(logits), zero when none is active.
+
+        Built-in terms by their closed forms (half the cost per step), any other by autograd.
+        """
+        if self._forms is not None:
+            inputs = TermInputs(logits, reference.detach().float(), targets, self._base.temperature)
+            grad = torch.zeros_like(logits)
+            for form, weight in self._forms:
+                grad = grad + weight * form(inputs)
+            focal = focal_weights(self._base.focal, inputs.reference, targets)
+            return grad if focal is None else grad * focal.unsqueeze(1)
         with torch.enable_grad():
             leaf = logits.clone().requires_grad_(True)
-            per_sample, _ = self._probe.extra_per_sample(leaf, reference, labels, checked=True)
-            (teacher,) = torch.autograd.grad(per_sample.sum(), leaf)
-        return float(ce.norm(dim=1).mean()), float(teacher.norm(dim=1).mean())
+            per_sample, _ = self._probe.extra_per_sample(leaf, reference, targets, checked=True)
+            if not per_sample.requires_grad:
+                return torch.zeros_like(logits)
+            (grad,) = torch.autograd.grad(per_sample.sum(), leaf)
+        return grad
 
-    def _rescale(self, event: str | None) -> None:
+    def _rescale(self) -> bool:
+        """Set the multiplier from the running averages; False while they do not tell it."""
+        ground = self._base.weights.get(GROUND_TRUTH_TERM, 0.0)
         ce, teacher = self.state.ce_grad, self.state.teacher_grad
-        if ce is None or not teacher or not math.isfinite(ce / teacher):
-            return
-        self.state.multiplier = min(MAX_MULTIPLIER, self.state.share * ce / teacher)
+        if not ground or ce is None or teacher is None or not (ce > 0 and teacher > 0):
+            return False
+        wanted = self.state.share * ground * ce / teacher
+        if not math.isfinite(wanted):
+            return False
+        self.state.multiplier = min(MAX_MULTIPLIER, wanted)
         if self._apply is not None:
             self._apply(self.loss_config())
-        if event is not None:
-            self._push(event)
+        return True
 
-    def _close_pass(self) -> None:
-        """An evaluation pass ends at the next training step (or when the state is read)."""
-        figures, self._current_pass = self._current_pass, None
-        if figures is None or not figures.samples:
+    def _end_passes(self) -> None:
+        """At a training step: judge the pass that ended one step ago, and end the open one."""
+        ended, arrived = self._ended, self._open
+        self._ended = self._open = None
+        if ended is not None and arrived is not None and arrived.samples < ended.samples:
+            ended.add(arrived)  # the late tail of the pass that ended
+            arrived = None
+        if ended is not None:
+            self._judge(ended)
+        self._ended = arrived
+
+    def _judge(self, figures: PassFigures) -> None:
+        """Record one finished pass and move the share by how it compares with the last."""
+        if not figures.samples:
             return
-        previous = self.state.passes[-1] if self.state.passes else None
+        previous = _figures(self.state.passes[-1]) if self.state.passes else None
         self.state.passes.append(asdict(figures))
-        if previous is not None:
-            verdict = _compare(PassFigures(**previous), figures)
-            if verdict == "worse":
-                self.state.share = max(MIN_SHARE, self.state.share / 2)
-            elif verdict == "better":
-                self.state.share = min(MAX_SHARE, self.state.share * 1.5)
-            self._rescale(f"evaluation pass {len(self.state.passes)}: {verdict}")
+        if previous is None or not previous.samples:
+            return
+        verdict = _compare(previous, figures)
+        if verdict == "worse":
+            self.state.share = max(MIN_SHARE, self.state.share / 2)
+        elif verdict == "better":
+            self.state.share = min(MAX_SHARE, self.state.share * 1.5)
+        self._rescale()
+        self._push(f"evaluation pass {len(self.state.passes)}: {verdict}")
 
     def _push(self, event: str) -> None:
         if len(self.state.trajectory) >= TRAJECTORY_LIMIT:
@@ -200,36 +273,109 @@ class OnlineTuner:
 
 
 def _compare(before: PassFigures, after: PassFigures) -> str:
-    """``worse``, ``better`` or ``same``: a change counts only beyond counting noise."""
+    """``worse``, ``better`` or ``same``: a change counts only beyond counting noise.
+
+    A fall in accuracy beyond noise is ``worse`` whatever the mismatches did; a fall in
+    mismatches is ``better`` only with the accuracy kept.
+    """
+    acc_before, acc_after = before.accuracy(), after.accuracy()
+    accuracy_fell = False
+    if acc_before is not None and acc_after is not None and acc_after < acc_before:
+        accuracy_fell = True
+        if _beyond_noise((1 - acc_before, before.labelled), (1 - acc_after, after.labelled)):
+            return "worse"
     rate_before = before.mismatches / before.samples
     rate_after = after.mismatches / after.samples
-    if _beyond_noise(rate_after - rate_before, rate_before, rate_after, before, after):
-        return "worse" if rate_after > rate_before else _accuracy_kept(before, after)
-    acc_before, acc_after = before.accuracy(), after.accuracy()
-    if acc_before is not None and acc_after is not None and acc_after < acc_before:
-        diff = acc_before - acc_after
-        if _beyond_noise(diff, 1 - acc_before, 1 - acc_after, before, after):
-            return "worse"
-    return "same"
+    if not _beyond_noise((rate_before, before.samples), (rate_after, after.samples)):
+        return "same"
+    if rate_after > rate_before:
+        return "worse"
+    return "same" if accuracy_fell else "better"
 
 
-def _accuracy_kept(before: PassFigures, after: PassFigures) -> str:
-    acc_before, acc_after = before.accuracy(), after.accuracy()
-    if acc_before is None or acc_after is None or acc_after >= acc_before:
-        return "better"
-    return "same"
+def _beyond_noise(before: tuple[float, int], after: tuple[float, int]) -> bool:
+    """Do two rates, each (rate, count), differ by more than NOISE_SIGMAS standard errors?"""
+    (p_before, n_before), (p_after, n_after) = before, after
+    variance = p_before * (1 - p_before) / n_before + p_after * (1 - p_after) / n_after
+    floor = 1.0 / max(n_before, n_after)  # at least one sample's worth
+    return abs(p_after - p_before) > NOISE_SIGMAS * max(math.sqrt(variance), floor)
 
 
-def _beyond_noise(
-    diff: float, p_before: float, p_after: float, before: PassFigures, after: PassFigures
-) -> bool:
-    """Is a difference of two rates larger than NOISE_SIGMAS binomial standard errors?"""
-    variance = p_before * (1 - p_before) / before.samples + p_after * (1 - p_after) / after.samples
-    floor = 1.0 / max(before.samples, after.samples)  # at least one sample's worth
-    return abs(diff) > NOISE_SIGMAS * max(math.sqrt(variance), floor)
+def _ce_gradient(
+    logits: torch.Tensor, reference: torch.Tensor, targets: torch.Tensor | None
+) -> torch.Tensor:
+    """d CE/d(logits) per sample: softmax - onehot(label), where no (valid) label came the
+    reference's argmax (the gradient path, an ``ignore_index`` such as 255)."""
+    predicted = reference.argmax(dim=1).to(logits.device)
+    labels = predicted if targets is None else targets.to(logits.device, torch.long)
+    labels = torch.where(_valid(labels, logits.shape[1]), labels, predicted)
+    return torch.softmax(logits, dim=1) - F.one_hot(labels, logits.shape[1]).to(logits.dtype)
 
 
-def _ema(previous: float | None, value: float) -> float:
+def _valid(labels: torch.Tensor, classes: int) -> torch.Tensor:
+    return (labels >= 0) & (labels < classes)
+
+
+def _kd_gradient(inputs: TermInputs) -> torch.Tensor:
+    """d/d(student) of :func:`builtin.hinton_kd`: T * (softmax(s/T) - softmax(r/T))."""
+    t = inputs.temperature
+    student, reference = inputs.student / t, inputs.reference / t
+    return t * (torch.softmax(student, dim=1) - torch.softmax(reference, dim=1))
+
+
+def _hard_gradient(inputs: TermInputs) -> torch.Tensor:
+    """d/d(student) of :func:`builtin.hard_label_ce`: softmax(s) - onehot(argmax r)."""
+    hard = F.one_hot(inputs.reference.argmax(dim=1), inputs.student.shape[1])
+    return torch.softmax(inputs.student, dim=1) - hard.to(inputs.student.dtype)
+
+
+def _mse_gradient(inputs: TermInputs) -> torch.Tensor:
+    """d/d(student) of :func:`builtin.logit_mse`: 2 (s - r) / classes."""
+    return (inputs.student - inputs.reference) * (2.0 / inputs.student.shape[1])
+
+
+GradientForm = Callable[[TermInputs], torch.Tensor]
+_GRADIENT_FORMS: dict[Callable[[TermInputs], torch.Tensor], GradientForm] = {
+    builtin.hinton_kd: _kd_gradient,
+    builtin.hard_label_ce: _hard_gradient,
+    builtin.logit_mse: _mse_gradient,
+}
+
+
+def _closed_forms(loss: LossConfig) -> list[tuple[GradientForm, float]] | None:
+    """Each active teacher term's gradient formula and weight; None if one has none known."""
+    from labelkeep_plugins.plugins import loss_terms
+
+    known = loss_terms()
+    forms: list[tuple[GradientForm, float]] = []
+    for name, weight in loss.weights.items():
+        if name == GROUND_TRUTH_TERM or not weight > 0:
+            continue
+        term = known[name]
+        form = _GRADIENT_FORMS.get(term.per_sample)
+        if form is None or not term.teacher or term.needs_targets:
+            return None
+        forms.append((form, weight))
+    return forms
+
+
+def _ema(previous: float | None, value: float) -> float | None:
     if not math.isfinite(value):
-        return previous if previous is not None else 0.0
+        return previous
     return value if previous is None else EMA_DECAY * previous + (1 - EMA_DECAY) * value
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+def _plain(figures: PassFigures | None) -> dict[str, int] | None:
+    return None if figures is None else asdict(figures)
+
+
+def _figures(value: Any) -> PassFigures | None:
+    """Pass figures back from ``state_dict`` form (None, or a dict of the four counts)."""
+    if not isinstance(value, dict):
+        return None
+    names = {f.name for f in fields(PassFigures)}
+    return PassFigures(**{key: int(count) for key, count in value.items() if key in names})

@@ -80,8 +80,8 @@ class Session:
         self.tuner = make_tuner(config)  # an unknown tuner name fails here, not silently
         self.composer = LossComposer(self.tuner.loss_config())
         bind = getattr(self.tuner, "bind", None)
-        if callable(bind):  # tuners that learn during the run switch the live loss
-            bind(self.composer.configure)
+        if callable(bind):  # tuners that learn during the run switch the loss between steps
+            bind(self.composer.defer)
         self.adapters: dict[str, AdapterStatus] = {}
         self.counters = Counters()
         self.crashed: str | None = None

@@ -176,6 +176,7 @@ class InjectionHandle:
         if self._muted or not self._attached:
             return
         self._drain()
+        self.composer.apply_pending()  # weights a tuner chose during the previous step
         logits = as_logits(output, self.logits_selector)
         training = (
             torch.is_grad_enabled()
@@ -235,7 +236,10 @@ class InjectionHandle:
             extra, values = self.composer.extra_per_sample(
                 student, entry.reference, None, checked=True
             )
-            (extra_grad,) = torch.autograd.grad(extra.mean(), student)
+            if extra.requires_grad:
+                (extra_grad,) = torch.autograd.grad(extra.mean(), student)
+            else:  # no teacher term is active: only the user's gradient, at its weight
+                extra_grad = torch.zeros_like(student)
         live = scaler.live_scale()
         if live is not None:
             extra_grad = extra_grad * live.to(extra_grad.device)

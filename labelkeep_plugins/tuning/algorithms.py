@@ -40,6 +40,10 @@ class SearchAlgorithm(Protocol):
         """The value to minimize that trial ``trial`` reached; None when it failed."""
 
 
+class SpaceExhausted(Exception):
+    """The algorithm has no untried parameter set left (a small discrete space)."""
+
+
 class NniSearch:
     """An NNI tuner driven the way NNI's dispatcher drives it, one trial at a time."""
 
@@ -50,7 +54,13 @@ class NniSearch:
         tuner.update_search_space(dict(space))
 
     def propose(self, trial: int) -> dict[str, Any]:
-        parameters = {k: _plain(v) for k, v in self._tuner.generate_parameters(trial).items()}
+        try:
+            proposed = self._tuner.generate_parameters(trial)
+        except Exception as exc:
+            if type(exc).__name__ == "NoMoreTrialError":  # nni.NoMoreTrialError
+                raise SpaceExhausted(str(exc)) from exc
+            raise
+        parameters = {k: _plain(v) for k, v in proposed.items()}
         self._proposed[trial] = parameters
         return dict(parameters)
 

@@ -43,10 +43,29 @@ def _add_tune(commands: Any) -> None:
         help="accuracy the tuned run may lose against plain recovery, as a fraction "
         "(0.005 = half a point; default 0)",
     )
+    _add_metric_options(tune)
     tune.add_argument("--config", help="base labelkeep YAML whose loss the trials replace")
     _add_space_options(tune)
     tune.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
     tune.set_defaults(handler=_tune)
+
+
+def _add_metric_options(tune: argparse.ArgumentParser) -> None:
+    tune.add_argument(
+        "--metric",
+        metavar="REGEX",
+        help="constrain a metric the command prints instead of the run report's accuracy: a "
+        "Python regex with one capturing group around the number, searched in each trial's "
+        "output (stdout+stderr, ^/$ match per line); the last match counts. With "
+        "--metric-mode max a value above 1 is read as a percentage (91.5 = 0.915). "
+        r"Example: --metric 'val acc: ([0-9.]+)%%'",
+    )
+    tune.add_argument(
+        "--metric-mode",
+        choices=("max", "min"),
+        help="max (default): higher is better, keep it >= plain's - tolerance; min (e.g. a "
+        "loss, used as printed): keep it <= plain's + tolerance, in the metric's units",
+    )
 
 
 def _add_search_space(commands: Any) -> None:
@@ -93,6 +112,8 @@ def _tune(options: argparse.Namespace) -> int:
         algorithm=options.algorithm,
         seed=options.seed,
         tolerance=options.tolerance,
+        metric=options.metric,
+        metric_mode=options.metric_mode,
     )
     return tune(request)
 

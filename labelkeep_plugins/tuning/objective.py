@@ -3,7 +3,9 @@
 Pure functions over run reports (``labelkeep run --report``), so ``labelkeep tune``,
 the NNI trial hook and the tests share one definition. Figures come from the
 ``agreement`` section of a report, which the runner measures on the script's own
-evaluation passes (held-out data, as the user evaluates).
+evaluation passes (held-out data, as the user evaluates). With ``labelkeep tune
+--metric`` the constraint is on a metric read from the trial's output instead
+(:mod:`.metric`), in either direction: "max" (an accuracy) or "min" (a loss).
 
 Trials are compared on *rates* (mismatches / samples): the same ordering as raw
 counts when every trial evaluates the same data, which is the normal case, and
@@ -48,6 +50,7 @@ class Measurement:
     mismatches: int
     negative_flips: int | None = None
     accuracy: float | None = None
+    metric: float | None = None  # the user's --metric, read from the trial's output
 
     @property
     def mismatch_rate(self) -> float:
@@ -59,12 +62,13 @@ class Measurement:
         return (self.negative_flips or 0) / self.samples
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        figures = {
             "samples": self.samples,
             "mismatches": self.mismatches,
             "negative_flips": self.negative_flips,
             "accuracy": self.accuracy,
         }
+        return figures if self.metric is None else {**figures, "metric": self.metric}
 
 
 def measurement_from_report(report: Any, *, source: str) -> Measurement:
@@ -94,15 +98,22 @@ class Objective:
     """Fewest mismatches subject to ``accuracy >= baseline_accuracy - tolerance``.
 
     ``baseline_accuracy`` is the plain trial's (``loss: {weights: {ce: 1.0}}``); when it is
-    unknown (no labels, or the plain trial failed) every trial counts as feasible.
+    unknown (no labels, or the plain trial failed) every trial counts as feasible. With
+    ``metric`` ("max" or "min") the constrained figure is :attr:`Measurement.metric`, and
+    "min" turns the floor into a ceiling: ``metric <= baseline_accuracy + tolerance``.
     """
 
     baseline_accuracy: float | None = None
     tolerance: float = 0.0
+    metric: str | None = None  # None: the report's accuracy; "max" | "min": the user's metric
 
     def __post_init__(self) -> None:
+        if self.metric not in (None, "max", "min"):
+            raise ConfigError(f"metric mode must be max or min, got {self.metric!r}")
         if isinstance(self.tolerance, bool) or not isinstance(self.tolerance, int | float):
             raise ConfigError(f"tolerance must be a number, got {self.tolerance!r}")
+        if self.metric == "min" and self.tolerance >= 0:
+            return  # in the metric's own units (a loss may exceed 1)
         if not 0 <= self.tolerance < 1:
             raise ConfigError(
                 f"tolerance must be >= 0 and < 1 (a fraction of accuracy: 0.005 allows half "
@@ -111,18 +122,26 @@ class Objective:
 
     @property
     def accuracy_floor(self) -> float | None:
+        """The bound a trial must meet: a floor, or a ceiling for a "min" metric."""
         if self.baseline_accuracy is None:
             return None
+        if self.metric == "min":
+            return self.baseline_accuracy + self.tolerance
         return self.baseline_accuracy - self.tolerance
 
+    def figure(self, measured: Measurement) -> float | None:
+        """The constrained figure of a trial: its accuracy, or the user's metric."""
+        return measured.accuracy if self.metric is None else measured.metric
+
     def deficit(self, measured: Measurement) -> float:
-        """How far below the accuracy floor a trial is (0 when it meets it)."""
-        floor = self.accuracy_floor
-        if floor is None:
+        """How far on the wrong side of the bound a trial is (0 when it meets it)."""
+        bound = self.accuracy_floor
+        if bound is None:
             return 0.0
-        if measured.accuracy is None:
-            return 1.0  # cannot be shown to meet the floor
-        shortfall = floor - measured.accuracy
+        value = self.figure(measured)
+        if value is None:
+            return 1.0  # cannot be shown to meet the bound
+        shortfall = value - bound if self.metric == "min" else bound - value
         return shortfall if shortfall > _EPSILON else 0.0
 
     def feasible(self, measured: Measurement) -> bool:

@@ -1,8 +1,9 @@
 """``labelkeep tune``: an offline search over the loss weights, one run of the command per trial.
 
 Trial 0 runs the command with plain recovery (``loss: {weights: {ce: 1.0}}``): its
-accuracy sets the floor of the objective, and its configuration stays a candidate, so
-the best configuration found is never worse than plain recovery on what was measured.
+accuracy (or the ``--metric`` read from its output) sets the bound of the objective, and
+its configuration stays a candidate, so the best configuration found is never worse than
+plain recovery on what was measured.
 Trials 1..N run the weights an NNI tuner proposes (see :mod:`.algorithms`).
 """
 
@@ -12,13 +13,14 @@ import math
 import random
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
 from labelkeep_plugins.config import Config, LossConfig
 from labelkeep_plugins.errors import ConfigError
-from labelkeep_plugins.tuning.algorithms import SearchAlgorithm, make_algorithm
+from labelkeep_plugins.tuning.algorithms import SearchAlgorithm, SpaceExhausted, make_algorithm
+from labelkeep_plugins.tuning.metric import DEFAULT_MODE, Metric, MetricError
 from labelkeep_plugins.tuning.objective import Objective, measurement_from_report, rank
 from labelkeep_plugins.tuning.space import parameters_to_loss
 from labelkeep_plugins.tuning.store import (
@@ -51,6 +53,8 @@ class TuneRequest:
     algorithm: str | None = None
     seed: int | None = None
     tolerance: float | None = None
+    metric: str | None = None  # --metric REGEX: constrain this instead of the report's accuracy
+    metric_mode: str | None = None  # --metric-mode: max (default) | min
 
 
 def tune(request: TuneRequest, stream: TextIO | None = None) -> int:
@@ -60,6 +64,7 @@ def tune(request: TuneRequest, stream: TextIO | None = None) -> int:
             f"--trials must be at least 1 (weight settings to try after the plain trial), "
             f"got {request.trials}"
         )
+    _check_metric(request)
     settings, records = resolve_settings(request)
     search = _Search(request, settings, records, stream or sys.stderr)
     try:
@@ -88,6 +93,8 @@ def resolve_settings(request: TuneRequest) -> tuple[SearchSettings, dict[int, Tr
         "algorithm": (request.algorithm, "the same --algorithm"),
         "seed": (request.seed, "the same --seed"),
         "tolerance": (request.tolerance, "the same --tolerance"),
+        "metric": (request.metric, "the same --metric"),
+        "metric_mode": (request.metric_mode, "the same --metric-mode"),
     }
     for key, (value, fix) in wanted.items():
         if value is not None and value != getattr(stored, key):
@@ -108,7 +115,20 @@ def _fresh_settings(request: TuneRequest) -> SearchSettings:
         tolerance=0.0 if request.tolerance is None else float(request.tolerance),
         search_space=request.search_space,
         base_config=request.base.to_dict(),
+        metric=request.metric,
+        metric_mode=request.metric_mode or DEFAULT_MODE,
     )
+
+
+def _check_metric(request: TuneRequest) -> None:
+    """Refuse a bad --metric before any trial runs (and before a resume compares it)."""
+    if request.metric is None and request.metric_mode is not None:
+        raise ConfigError(
+            "--metric-mode needs --metric REGEX (the metric to read from each trial's output); "
+            "without --metric the constraint is the run report's accuracy"
+        )
+    if request.metric is not None:
+        Metric(request.metric, request.metric_mode or DEFAULT_MODE)
 
 
 class _Search:
@@ -123,7 +143,8 @@ class _Search:
     ) -> None:
         self.request, self.settings, self.records = request, settings, records
         self.table = LiveTable(stream, total=request.trials + 1)
-        self.objective = Objective(None, settings.tolerance)
+        self.metric = settings.user_metric
+        self.objective = self._objective(None)
         self.algorithm: SearchAlgorithm = make_algorithm(
             settings.algorithm,
             settings.search_space,
@@ -143,7 +164,14 @@ class _Search:
             self._show(self.records[number], done=number + 1)
         self._replay()
         for trial in range(len(self.records), self.request.trials + 1):
-            parameters = self.algorithm.propose(trial)
+            try:
+                parameters = self.algorithm.propose(trial)
+            except SpaceExhausted as exc:
+                self.table.note(
+                    f"labelkeep tune: {self.label} has no untried setting left after "
+                    f"{trial - 1} trial(s) ({exc}); stopping the search there"
+                )
+                break
             record = self._run_proposed(trial, parameters)
             self.algorithm.tell(trial, self._value(record))
             self._finished(record)
@@ -156,11 +184,14 @@ class _Search:
             + (f" (resuming: {resumed} finished trial(s) read back)" if resumed else "")
         )
 
+    def _objective(self, baseline: float | None) -> Objective:
+        mode = None if self.metric is None else self.metric.mode
+        return Objective(baseline, self.settings.tolerance, mode)
+
     def _set_objective(self) -> None:
-        """The accuracy floor comes from the plain trial (none if it failed or had no labels)."""
+        """The bound comes from the plain trial (none if it failed or had no labels)."""
         plain = self.records[0].measurement
-        accuracy = plain.accuracy if plain is not None else None
-        self.objective = Objective(accuracy, self.settings.tolerance)
+        self.objective = self._objective(None if plain is None else self.objective.figure(plain))
 
     def _replay(self) -> None:
         """Feed the finished trials to the tuner in order, as if it had just proposed them."""
@@ -190,7 +221,7 @@ class _Search:
         what = "plain recovery" if parameters is None else f"parameters {parameters}"
         header = f"labelkeep tune, trial {trial}: {what}"
         run = run_trial(self.settings.command, directory, config, header=header)
-        return _record(trial, parameters, config, run, directory)
+        return _record(trial, parameters, config, run, directory, self.metric)
 
     def _finished(self, record: TrialRecord) -> None:
         self.records[record.trial] = record
@@ -220,14 +251,20 @@ def _record(
     config: Config,
     run: TrialRun,
     directory: Path,
+    metric: Metric | None = None,
 ) -> TrialRecord:
-    """Judge one run: failed (not started, exit code, no report) or ok with its figures."""
+    """Judge one run: failed (not started, exit code, no report, no metric) or ok with figures."""
     loss = config.to_dict()["loss"]
     problem = _failure(run, directory)
     if problem is not None:
         return TrialRecord(trial, "failed", parameters, loss, run.exit_code, run.seconds, problem)
     source = f"trial {trial}: run report {str(directory / REPORT_FILE)!r}"
     measured = measurement_from_report(run.report, source=source)  # no agreement: stop
+    if metric is not None:
+        try:
+            measured = replace(measured, metric=metric.read_log(directory / LOG_FILE))
+        except MetricError as exc:
+            return TrialRecord(trial, "failed", parameters, loss, 0, run.seconds, str(exc))
     return TrialRecord(trial, "ok", parameters, loss, 0, run.seconds, None, measured)
 
 

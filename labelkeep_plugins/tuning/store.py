@@ -9,18 +9,20 @@ Layout of ``--out DIR``::
 
 ``results.json`` is rewritten atomically after every trial, so an interrupted search
 loses at most the trial that was running. On resume each finished trial's figures are
-read again from its own ``report.json``: the reports are the record, not a copy.
+read again from its own ``report.json``: the reports are the record, not a copy (and
+with ``--metric``, each trial's ``output.log`` is the record of its metric).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from labelkeep_plugins.errors import ConfigError, LabelkeepError
 from labelkeep_plugins.jsonfile import write_json
+from labelkeep_plugins.tuning.metric import DEFAULT_MODE, Metric
 from labelkeep_plugins.tuning.objective import Measurement, measurement_from_report
 
 FORMAT = "labelkeep-tune-results"
@@ -42,6 +44,13 @@ class SearchSettings:
     tolerance: float
     search_space: dict[str, Any]
     base_config: dict[str, Any]
+    metric: str | None = None  # --metric: the regex, or None for the report's accuracy
+    metric_mode: str = DEFAULT_MODE
+
+    @property
+    def user_metric(self) -> Metric | None:
+        """The ``--metric`` to read from each trial's output, if any."""
+        return None if self.metric is None else Metric(self.metric, self.metric_mode)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -51,6 +60,8 @@ class SearchSettings:
             "tolerance": self.tolerance,
             "search_space": self.search_space,
             "base_config": self.base_config,
+            "metric": self.metric,
+            "metric_mode": self.metric_mode,
         }
 
 
@@ -117,7 +128,7 @@ def load_results(out: Path) -> tuple[SearchSettings, dict[int, TrialRecord]] | N
         raise _unusable(path, f"it has format version {data.get('version')!r}, not {VERSION}")
     try:
         settings = _settings(data["settings"])
-        records = [_record(out, item) for item in data["trials"]]
+        records = [_record(out, item, settings.user_metric) for item in data["trials"]]
     except (KeyError, TypeError, ValueError) as exc:
         raise _unusable(path, f"it is incomplete or damaged ({type(exc).__name__}: {exc})") from exc
     by_number = {record.trial: record for record in records}
@@ -126,15 +137,18 @@ def load_results(out: Path) -> tuple[SearchSettings, dict[int, TrialRecord]] | N
     return settings, by_number
 
 
-def read_measurement(out: Path, trial: int) -> Measurement:
-    """Read a finished trial's figures from its own report (raises NoAgreementError)."""
+def read_measurement(out: Path, trial: int, metric: Metric | None = None) -> Measurement:
+    """Read a finished trial's figures from its own report and, with ``metric``, its output."""
     path = trial_dir(out, trial) / REPORT_FILE
     try:
         report = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         reason = getattr(exc, "strerror", None) or exc
         raise LabelkeepError(f"its run report {str(path)!r} cannot be read ({reason})") from exc
-    return measurement_from_report(report, source=f"run report {str(path)!r}")
+    measured = measurement_from_report(report, source=f"run report {str(path)!r}")
+    if metric is None:
+        return measured
+    return replace(measured, metric=metric.read_log(trial_dir(out, trial) / LOG_FILE))
 
 
 def _settings(data: dict[str, Any]) -> SearchSettings:
@@ -148,10 +162,12 @@ def _settings(data: dict[str, Any]) -> SearchSettings:
         tolerance=float(data["tolerance"]),
         search_space=dict(data["search_space"]),
         base_config=dict(data["base_config"]),
+        metric=None if data.get("metric") is None else str(data["metric"]),
+        metric_mode=str(data.get("metric_mode", DEFAULT_MODE)),
     )
 
 
-def _record(out: Path, item: dict[str, Any]) -> TrialRecord:
+def _record(out: Path, item: dict[str, Any], metric: Metric | None) -> TrialRecord:
     status = item["status"]
     if status not in ("ok", "failed"):
         raise ValueError(f"trial status must be ok or failed, got {status!r}")
@@ -166,7 +182,7 @@ def _record(out: Path, item: dict[str, Any]) -> TrialRecord:
     )
     if record.ok:
         try:
-            record.measurement = read_measurement(out, record.trial)
+            record.measurement = read_measurement(out, record.trial, metric)
         except LabelkeepError as exc:
             raise _unusable(
                 out / RESULTS_FILE, f"trial {record.trial} is recorded as finished, but {exc}"

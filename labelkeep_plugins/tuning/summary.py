@@ -16,14 +16,17 @@ from labelkeep_plugins.tuning.store import (
     save_results,
     trial_dir,
 )
-from labelkeep_plugins.tuning.table import LiveTable, describe, format_parameters
+from labelkeep_plugins.tuning.table import LiveTable, describe, format_figure, format_parameters
 from labelkeep_plugins.tuning.trial import trial_config, write_config
 
 ALL_FAILED = 1
-OBJECTIVE_RULE = (
-    "fewest mismatches per evaluated sample, then fewest negative flips, among trials whose "
-    "accuracy is >= the plain trial's minus the tolerance"
-)
+_RANKING = "fewest mismatches per evaluated sample, then fewest negative flips, among trials "
+OBJECTIVE_RULE = _RANKING + "whose accuracy is >= the plain trial's minus the tolerance"
+_RULES = {
+    None: OBJECTIVE_RULE,
+    "max": _RANKING + "whose --metric value is >= the plain trial's minus the tolerance",
+    "min": _RANKING + "whose --metric value is <= the plain trial's plus the tolerance",
+}
 
 
 def finish(
@@ -39,7 +42,7 @@ def finish(
     ranking = rank(measured, objective)
     searched_ok = any(n > 0 for n in measured)
     best = ranking[0] if ranking and searched_ok else None
-    summary = _summary(records, objective, label, ranking, best)
+    summary = _summary(records, label, _objective_entry(settings, objective), ranking, best)
     save_results(out, settings, records, summary)
     best_path = out / BEST_FILE
     if best is None:
@@ -56,26 +59,33 @@ def finish(
 
 def _summary(
     records: dict[int, TrialRecord],
-    objective: Objective,
     label: str,
+    objective: dict[str, Any],
     ranking: list[Ranked],
     best: Ranked | None,
 ) -> dict[str, Any]:
     return {
         "complete": True,
         "algorithm": label,
-        "objective": {
-            "rule": OBJECTIVE_RULE,
-            "plain_accuracy": objective.baseline_accuracy,
-            "tolerance": objective.tolerance,
-            "accuracy_floor": objective.accuracy_floor,
-        },
+        "objective": objective,
         "ranking": [
             {"trial": r.trial, "feasible": r.feasible, "value": r.value, **r.measurement.to_dict()}
             for r in ranking
         ],
         "failed": sorted(n for n, r in records.items() if not r.ok),
         "best": None if best is None else _best_entry(records, best),
+    }
+
+
+def _objective_entry(settings: SearchSettings, objective: Objective) -> dict[str, Any]:
+    """With --metric, the "accuracy" keys hold the metric (a ceiling for metric_mode min)."""
+    return {
+        "rule": _RULES[objective.metric],
+        "plain_accuracy": objective.baseline_accuracy,
+        "tolerance": objective.tolerance,
+        "accuracy_floor": objective.accuracy_floor,
+        "metric": settings.metric,
+        "metric_mode": objective.metric,
     }
 
 
@@ -123,7 +133,8 @@ def _report_best(
     if best.trial == 0:
         table.note(
             "best: the plain trial 0; no searched setting had fewer mismatches within "
-            "the accuracy floor, so best.yaml keeps plain recovery"
+            f"the {'accuracy floor' if objective.metric is None else 'metric bound'}, so "
+            "best.yaml keeps plain recovery"
         )
     else:
         table.note(
@@ -148,10 +159,15 @@ def _counts(records: dict[int, TrialRecord], objective: Objective) -> str:
         for r in records.values()
     )
     floor = objective.accuracy_floor
-    where = f" ({floor:.2%})" if floor is not None else " (unknown: the plain trial gave none)"
+    where = " (unknown: the plain trial gave none)"
+    if floor is not None:
+        where = f" ({format_figure(floor, objective)})"
+    bound = {None: "below the accuracy floor", "max": "below the metric's floor"}.get(
+        objective.metric, "above the metric's ceiling"
+    )
     return (
         f"labelkeep tune: {len(records)} trial(s): {len(records) - failed} ok, {failed} failed, "
-        f"{below} below the accuracy floor{where}"
+        f"{below} {bound}{where}"
     )
 
 

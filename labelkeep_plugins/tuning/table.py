@@ -12,10 +12,12 @@ from typing import Any, TextIO
 from labelkeep_plugins.tuning.objective import Measurement, Objective
 from labelkeep_plugins.tuning.store import TrialRecord
 
-_COLUMNS = (
-    f"{'progress':>9}  {'trial':>5}  {'status':<6}  {'mismatches':>18}  {'neg.flips':>9}  "
-    f"{'accuracy':>8}  {'best':>5}  settings"
-)
+
+def _columns(constrained: str) -> str:
+    return (
+        f"{'progress':>9}  {'trial':>5}  {'status':<6}  {'mismatches':>18}  {'neg.flips':>9}  "
+        f"{constrained:>8}  {'best':>5}  settings"
+    )
 
 
 class LiveTable:
@@ -31,10 +33,10 @@ class LiveTable:
 
     def row(self, record: TrialRecord, objective: Objective, best: int | None, done: int) -> None:
         if not self._started:
-            self.note(_COLUMNS)
+            self.note(_columns("accuracy" if objective.metric is None else "metric"))
             self._started = True
         progress = f"[{done:>{len(str(self._total))}}/{self._total}]"
-        figures = _figures(record.measurement) if record.ok else ("", "", "")
+        figures = _figures(record.measurement, objective) if record.ok else ("", "", "")
         status = _status(record, objective)
         best_text = "-" if best is None else f"#{best}"
         settings = _settings(record) if record.ok else (record.error or "").splitlines()[0]
@@ -51,7 +53,16 @@ def describe(measured: Measurement) -> str:
         parts.append(f"{measured.negative_flips} negative flips")
     if measured.accuracy is not None:
         parts.append(f"accuracy {measured.accuracy:.2%}")
+    if measured.metric is not None:
+        parts.append(f"metric {measured.metric:.4g}")
     return ", ".join(parts)
+
+
+def format_figure(value: float | None, objective: Objective) -> str:
+    """The constrained figure: a percentage, or a "min" metric (a loss) as printed."""
+    if value is None:
+        return "-"
+    return f"{value:.4g}" if objective.metric == "min" else f"{value:.2%}"
 
 
 def format_parameters(parameters: Mapping[str, Any] | None) -> str:
@@ -62,20 +73,20 @@ def format_parameters(parameters: Mapping[str, Any] | None) -> str:
     )
 
 
-def _figures(measured: Measurement | None) -> tuple[str, str, str]:
+def _figures(measured: Measurement | None, objective: Objective) -> tuple[str, str, str]:
     if measured is None:
         return ("", "", "")
     flips = "-" if measured.negative_flips is None else str(measured.negative_flips)
-    accuracy = "-" if measured.accuracy is None else f"{measured.accuracy:.2%}"
+    constrained = format_figure(objective.figure(measured), objective)
     mismatches = f"{measured.mismatches}/{measured.samples} ({measured.mismatch_rate:.2%})"
-    return mismatches, flips, accuracy
+    return mismatches, flips, constrained
 
 
 def _status(record: TrialRecord, objective: Objective) -> str:
     if not record.ok:
         return "failed"
     if record.measurement is not None and not objective.feasible(record.measurement):
-        return "below"  # accuracy below the floor
+        return "above" if objective.metric == "min" else "below"  # on the wrong side
     return "plain" if record.trial == 0 else "ok"
 
 
