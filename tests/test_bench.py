@@ -29,6 +29,7 @@ from labelkeep_plugins.errors import ConfigError
 # Mismatches, negative flips and accuracy a fake run reports, by method and seed.
 FIGURES = {
     "plain": [(100, 60, 0.90), (120, 70, 0.89), (110, 66, 0.91)],
+    "perturbed": [(105, 62, 0.90), (118, 69, 0.89), (112, 66, 0.91)],
     "default": [(90, 50, 0.90), (100, 60, 0.88), (95, 55, 0.90)],
     "tuned": [(50, 20, 0.91), (60, 25, 0.90), (40, 15, 0.92)],
     "online": [(80, 40, 0.90), (80, 40, 0.90), (80, 40, 0.90)],
@@ -247,20 +248,22 @@ class _Stderr:
 def test_full_bench_with_fakes_writes_every_output(tmp_path: Path, fakes: FakeRuns, capsys) -> None:
     out = tmp_path / "out"
     assert bench(out, "--frameworks", "torch-pruning", "--datasets", "mnist1d") == 0
-    assert len(fakes.calls) == 12  # 4 methods x 3 seeds
+    assert len(fakes.calls) == 15  # 5 methods x 3 seeds
     tuned_config = next(c for k, c in fakes.calls if k.method == "tuned")
     assert tuned_config.loss.weights["kd"] == 0.5
     data = json.loads((out / "results.json").read_text())
     assert data["tuning"]["torch-pruning/mnist1d"]["best_trial"] == 2
     rows = data["summary"]["rows"]
-    assert [r["method"] for r in rows] == ["plain", "default", "tuned", "online"]
-    assert rows[2]["mismatch_reduction"] == pytest.approx(330 / 150)
-    assert rows[3]["mismatch_reduction"] == pytest.approx(330 / 240)
+    assert [r["method"] for r in rows] == ["plain", "perturbed", "default", "tuned", "online"]
+    assert rows[1]["mismatch_reduction"] == pytest.approx(330 / 335)  # the noise floor
+    assert rows[3]["mismatch_reduction"] == pytest.approx(330 / 150)
+    assert rows[4]["mismatch_reduction"] == pytest.approx(330 / 240)
     assert "| torch-pruning/mnist1d |" in (out / "results.md").read_text()
     captured = capsys.readouterr()
     assert "labelkeep tuned" in captured.out and "median mismatch reduction" in captured.out
     assert "labelkeep online" in captured.out
-    assert "[21/21]" in captured.err  # 12 runs and 8 + 1 tuning trials
+    assert "plain, perturbed" in captured.out
+    assert "[24/24]" in captured.err  # 15 runs and 8 + 1 tuning trials
 
 
 def test_no_online_row_without_an_online_tuner(
@@ -271,7 +274,7 @@ def test_no_online_row_without_an_online_tuner(
     monkeypatch.setattr(plugins, "tuner_factories", lambda: {"fixed": None})
     options = ["--frameworks", "brevitas", "--datasets", "digits", "--seeds", "1"]
     assert bench(tmp_path, *options, "--trials", "0") == 0
-    assert [k.method for k, _ in fakes.calls] == ["plain", "default"]
+    assert [k.method for k, _ in fakes.calls] == ["plain", "perturbed", "default"]
     assert "no online row" in capsys.readouterr().out
 
 
@@ -293,8 +296,8 @@ def test_interrupted_bench_keeps_runs_and_resume_continues(
     monkeypatch.setattr(session, "execute_run", second)
     assert bench(out, *options, "--resume") == 0
     assert {k for k, _ in second.calls}.isdisjoint({k for k, _ in first.calls})
-    assert len(second.calls) == 8
-    assert len(json.loads((out / "results.json").read_text())["runs"]) == 12
+    assert len(second.calls) == 11
+    assert len(json.loads((out / "results.json").read_text())["runs"]) == 15
     assert bench(out, *options, "--resume", "--seeds", "2") == 2  # other settings
 
 
@@ -305,9 +308,13 @@ def test_tuning_that_keeps_plain_reuses_plain_runs(
     monkeypatch.setattr(session, "tune_cell", fake_tune(kept))
     assert bench(tmp_path, "--frameworks", "nni", "--datasets", "digits", "--seeds", "2") == 0
     methods = [k.method for k, _ in fakes.calls]
-    assert methods == ["plain", "plain", "default", "default", "online", "online"]
+    assert methods == [
+        *("plain", "plain", "perturbed", "perturbed"),
+        *("default", "default", "online", "online"),
+    ]
     rows = json.loads((tmp_path / "results.json").read_text())["summary"]["rows"]
-    assert rows[2]["mismatch_reduction"] == 1.0 and "plain's runs" in rows[2]["notes"][0]
+    tuned = next(row for row in rows if row["method"] == "tuned")
+    assert tuned["mismatch_reduction"] == 1.0 and "plain's runs" in tuned["notes"][0]
 
 
 def test_failed_tuning_fails_only_the_tuned_row(
@@ -329,7 +336,7 @@ def test_no_tuning_with_zero_trials_and_an_online_row_when_registered(
     monkeypatch.setattr(plugins, "tuner_factories", lambda: {"fixed": None, "online": None})
     options = ["--frameworks", "brevitas", "--datasets", "digits", "--seeds", "1"]
     assert bench(tmp_path, *options, "--trials", "0") == 0
-    assert [k.method for k, _ in fakes.calls] == ["plain", "default", "online"]
+    assert [k.method for k, _ in fakes.calls] == ["plain", "perturbed", "default", "online"]
     assert fakes.calls[-1][1].tuner == "online"
     notes = json.loads((tmp_path / "results.json").read_text())["notes"]
     assert notes == ["no tuned row: --trials 0"]

@@ -28,7 +28,8 @@ def test_quick_bench_on_one_cell(tmp_path: Path, capsys, monkeypatch: pytest.Mon
     assert code == 0, captured.err
     data = json.loads((out / "results.json").read_text())
     runs = {(r["method"], r["seed"]): r for r in data["runs"]}
-    assert set(runs) == {("plain", 0), ("default", 0), ("tuned", 0), ("online", 0)}
+    methods = {"plain", "perturbed", "default", "tuned", "online"}
+    assert set(runs) == {(method, 0) for method in methods}
     assert all(r["status"] == "ok" for r in runs.values())
     plain, default = runs["plain", 0]["figures"], runs["default", 0]["figures"]
     assert plain["samples"] == default["samples"] == 1000  # the test split
@@ -40,6 +41,6 @@ def test_quick_bench_on_one_cell(tmp_path: Path, capsys, monkeypatch: pytest.Mon
     header = captured.out.splitlines()[0]
     for column in ("method", "accuracy %", "mismatches", "neg. flips", "mism. red."):
         assert column in header
-    assert "labelkeep tuned" in captured.out and "[6/6]" in captured.err
+    assert "labelkeep tuned" in captured.out and "[7/7]" in captured.err
     assert "| torch-pruning/mnist1d |" in (out / "results.md").read_text()
     assert (out / "mismatches.png").exists() or "plot skipped" in captured.err

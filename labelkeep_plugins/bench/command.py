@@ -23,7 +23,14 @@ from labelkeep_plugins.bench.cells import (
     select_cells,
     unavailable,
 )
-from labelkeep_plugins.bench.plan import DEFAULT, ONLINE, PLAIN, TUNED, BenchSettings
+from labelkeep_plugins.bench.plan import (
+    DEFAULT,
+    ONLINE,
+    PERTURBED,
+    PLAIN,
+    TUNED,
+    BenchSettings,
+)
 from labelkeep_plugins.bench.store import RESULTS_FILE, BenchRecord, check_same, load_record
 from labelkeep_plugins.errors import ConfigError
 
@@ -110,10 +117,11 @@ def _count(flag: str, given: int | None, default: int, *, minimum: int) -> int:
 
 
 def _methods(trials: int) -> tuple[tuple[str, ...], list[str]]:
-    """plain, default, tuned (unless --trials 0), online (only if such a tuner is registered)."""
+    """plain, perturbed plain (the noise floor), default, tuned (unless --trials 0), online
+    (only if such a tuner is registered)."""
     from labelkeep_plugins.plugins import tuner_factories
 
-    methods, notes = [PLAIN, DEFAULT], []
+    methods, notes = [PLAIN, PERTURBED, DEFAULT], []
     if trials > 0:
         methods.append(TUNED)
     else:

@@ -18,10 +18,15 @@ from labelkeep_plugins.bench.cells import FRAMEWORKS, SCRIPTS_DIR, Cell
 from labelkeep_plugins.config import Config, LossConfig
 
 PLAIN, DEFAULT, TUNED, ONLINE = "plain", "default", "tuned", "online"
+# Plain recovery plus a teacher term too small to matter (1e-6): how far the figures move from
+# a perturbation of float rounding size alone. Short, heavily compressed recoveries are chaotic.
+PERTURBED = "perturbed"
+PERTURBED_LOSS: dict[str, Any] = {"weights": {"ce": 1.0, "kd": 1e-6}, "focal": None}
 MULTISEED = "_multiseed.py"
 PLAIN_LOSS: dict[str, Any] = {"weights": {"ce": 1.0}}
 METHOD_LABELS = {
     PLAIN: "plain recovery",
+    PERTURBED: "plain, perturbed",
     DEFAULT: "labelkeep default",
     TUNED: "labelkeep tuned",
     ONLINE: "labelkeep online",
@@ -121,6 +126,8 @@ def method_config(method: str, tuned_loss: dict[str, Any] | None = None) -> Conf
     """The labelkeep configuration of a method (``tuned`` needs the tuner's best loss)."""
     if method == PLAIN:
         return Config(loss=LossConfig.from_value(PLAIN_LOSS), tuner="fixed")
+    if method == PERTURBED:
+        return Config(loss=LossConfig.from_value(PERTURBED_LOSS), tuner="fixed")
     if method == DEFAULT:
         return Config(tuner="fixed")
     if method == ONLINE:
