@@ -19,6 +19,8 @@ def test_every_variant_is_timed_interleaved_and_the_ratios_follow() -> None:
     plain = times["plain"]["median_ms"]
     assert ratios["cached_vs_plain"] == pytest.approx(times["cached"]["median_ms"] / plain)
     assert set(ratios) >= {"instrumented_vs_plain", "instrumented_vs_plain_plus_forward"}
+    online = times["online"]["median_ms"] / times["instrumented"]["median_ms"]
+    assert ratios["online_vs_instrumented"] == pytest.approx(online)
     result = {
         "case": "tiny",
         "times": times,
@@ -31,6 +33,17 @@ def test_every_variant_is_timed_interleaved_and_the_ratios_follow() -> None:
     }
     table = cost.cost_table([result])
     assert table.count("\n") == 2 and "| tiny |" in table and "+1.0 | +2.0 | 1.0 |" in table
+
+
+def test_the_online_variant_runs_the_tuner_only_while_timed() -> None:
+    from labelkeep_plugins.bench.cost_timing import _Loop
+    from labelkeep_plugins.plugins import load_plugins
+
+    loop = _Loop(TINY)
+    for variant in ("online", "instrumented", "online"):
+        loop.timed(variant)
+    assert loop.tuner.state.steps == 2  # heard the online steps, not the fixed one
+    assert not load_plugins().is_registered(loop.tuner)
 
 
 def test_the_memory_bound_counts_parameters_and_one_batch_of_activations() -> None:

@@ -6,9 +6,11 @@ the figure is the median over repetitions. Attaching and detaching happen outsid
 timed region, so the plain steps run with no labelkeep patch in place at all.
 
 Variants: ``plain`` (the user's step), ``instrumented`` (the step with labelkeep attached,
-cache off), ``cached`` (cache on, every sample seen before), ``cached_fresh`` (cache on,
-every sample new: the fingerprinting overhead on top of the forward), ``reference_forward``
-(the reference alone under ``no_grad``) and ``fingerprint`` (hashing one batch).
+cache off, fixed weights), ``online`` (the same with the online tuner measuring every step,
+auto mode's default), ``cached`` (cache on, every sample seen before), ``cached_fresh``
+(cache on, every sample new: the fingerprinting overhead on top of the forward),
+``reference_forward`` (the reference alone under ``no_grad``) and ``fingerprint`` (hashing
+one batch).
 """
 
 from __future__ import annotations
@@ -30,14 +32,17 @@ from labelkeep_plugins.bench.cost_models import (
     training_step,
 )
 from labelkeep_plugins.composer import LossComposer
-from labelkeep_plugins.config import LossConfig
+from labelkeep_plugins.config import Config, LossConfig
 from labelkeep_plugins.injector.attach import InjectionHandle
+from labelkeep_plugins.online_tuner import OnlineTuner
+from labelkeep_plugins.plugins import load_plugins
 from labelkeep_plugins.reference import snapshot_reference
 from labelkeep_plugins.reference_cache import ReferenceCache
 
 VARIANTS = (
     "plain",
     "instrumented",
+    "online",
     "cached",
     "cached_fresh",
     "reference_forward",
@@ -77,6 +82,9 @@ class _Loop:
         self.data = RepeatingBatches(case, seed)
         self.cache = ReferenceCache()
         self.composer = LossComposer(LossConfig())
+        self.tuner = OnlineTuner(Config())
+        self.online_composer = LossComposer(self.tuner.loss_config())
+        self.tuner.bind(self.online_composer.defer)
 
     def warm(self, steps: int) -> None:
         """Fill the cache with the whole pool and let every code path run once."""
@@ -88,17 +96,24 @@ class _Loop:
     def timed(self, variant: str) -> float:
         x, y = self.data.fresh() if variant == "cached_fresh" else self.data.next()
         handle = self._attach(variant)
+        manager = load_plugins()
+        if variant == "online":  # the tuner hears each training step, as in a session
+            manager.register(self.tuner)
         try:
             started = time.perf_counter()
             self._body(variant, x, y)
             return time.perf_counter() - started
         finally:
+            if manager.is_registered(self.tuner):
+                manager.unregister(self.tuner)
             if handle is not None:
                 handle.detach()
 
     def _attach(self, variant: str) -> InjectionHandle | None:
         if variant == "instrumented":
             return InjectionHandle(self.student, self.reference, self.composer)
+        if variant == "online":
+            return InjectionHandle(self.student, self.reference, self.online_composer)
         if variant in ("cached", "cached_fresh"):
             return CachedInjectionHandle(
                 self.student, self.reference, self.composer, cache=self.cache
