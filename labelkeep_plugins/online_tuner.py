@@ -2,14 +2,20 @@
 
 Two controls, both logged into the run report's ``tuner.trajectory``:
 
-* **Gradient share.** The teacher terms' gradient on the logits is kept at ``share``
-  times the ground-truth term's (its weight included; running averages over training
-  batches). Their weights are scaled by one multiplier to do so; their mix, the
-  temperature and the focal weights stay as configured. The user's loss keeps its
-  weight, so the learning rate the script was written for keeps its meaning, and the
-  teacher can only nudge the recovery, never take it over. Until a first measurement
-  (and with ``ce: 0``, where there is no user loss to hold a share of) the configured
-  weights apply as given.
+* **Gradient share.** The teacher terms' gradient on the logits is kept at
+  ``share * informativeness`` times the ground-truth term's (its weight included;
+  running averages over training batches). Their weights are scaled by one multiplier
+  to do so; their mix, the temperature and the focal weights stay as configured. The
+  user's loss keeps its weight, so the learning rate the script was written for keeps
+  its meaning, and the teacher can only nudge the recovery, never take it over.
+* **Informativeness.** A reference that is nearly one-hot on the training labels (it
+  fitted them) says little beyond them, and matching its softened outputs then costs a
+  small student capacity for nothing: measured, such cells only got worse. Its share is
+  scaled by its softness, the mean probability it leaves off the label on training
+  batches, divided by ``FULL_SHARE_SOFTNESS`` (at most 1).
+* **Start.** The first step gets the configured teacher weights times
+  ``INITIAL_MULTIPLIER``; with ``ce: 0`` (no user loss to hold a share of) the
+  configured weights apply as given throughout.
 * **Held-out feedback.** When the script evaluates (eval-mode or no-grad passes),
   each pass's mismatches with the reference and its accuracy are compared with the
   previous pass. A rise in mismatches or a fall in accuracy beyond counting noise
@@ -44,9 +50,16 @@ from labelkeep_plugins.errors import ConfigError
 from labelkeep_plugins.hookspecs import hookimpl
 from labelkeep_plugins.terms import GROUND_TRUTH_TERM, TermInputs
 
-INITIAL_SHARE = 0.25
-INITIAL_MULTIPLIER = 1.0  # the configured weights, until the gradients were measured
-MAX_SHARE = 1.0
+INITIAL_SHARE = 1.0
+# The first step runs before anything was measured. A first gradient far larger than the
+# rest would shrink Adam's steps for hundreds of steps (its second-moment average decays
+# slowly), so it gets the configured teacher weights scaled well down, not as given.
+INITIAL_MULTIPLIER = 0.01  # the configured weights, until the gradients were measured
+MAX_SHARE = 2.0
+# A reference that leaves this much of its probability off the label on training batches
+# (on average) gets the full share; one that is nearly one-hot on the labels says little
+# beyond them, and its share shrinks in proportion.
+FULL_SHARE_SOFTNESS = 0.1
 MIN_SHARE = 1.0 / 64
 MAX_MULTIPLIER = 8.0
 EMA_DECAY = 0.9
@@ -80,6 +93,7 @@ class OnlineState:
     multiplier: float = INITIAL_MULTIPLIER
     ce_grad: float | None = None
     teacher_grad: float | None = None
+    softness: float | None = None
     steps: int = 0
     passes: list[dict[str, Any]] = field(default_factory=list)
     trajectory: list[dict[str, Any]] = field(default_factory=list)
@@ -103,6 +117,8 @@ class OnlineTuner:
 
     def loss_config(self) -> LossConfig:
         """The configured loss with the teacher terms scaled by the current multiplier."""
+        if not self._base.weights.get(GROUND_TRUTH_TERM, 0.0):
+            return self._base  # no user loss to hold a share of
         weights = {
             name: weight if name == GROUND_TRUTH_TERM else weight * self.state.multiplier
             for name, weight in self._base.weights.items()
@@ -144,10 +160,11 @@ class OnlineTuner:
     ) -> None:
         self.state.steps += 1
         self._end_passes()
-        ce_grad, teacher_grad, differ = self._gradient_norms(
+        ce_grad, teacher_grad, softness, differ = self._gradient_norms(
             student_logits, reference_logits, targets
         )
         self.state.ce_grad = _ema(self.state.ce_grad, ce_grad)
+        self.state.softness = _ema(self.state.softness, softness)
         if differ:  # logits equal to the reference's say nothing of the teacher's scale
             self.state.teacher_grad = _ema(self.state.teacher_grad, teacher_grad)
         if self._rescale() and self.state.steps % TRAJECTORY_EVERY == 0:
@@ -177,21 +194,23 @@ class OnlineTuner:
 
     def _gradient_norms(
         self, student: torch.Tensor, reference: torch.Tensor, targets: torch.Tensor | None
-    ) -> tuple[float, float, bool]:
+    ) -> tuple[float, float, float, bool]:
         """Mean per-sample norms of d(term)/d(logits), the ground truth's and the teacher's.
 
         The teacher's is taken as the live loss has it (with the labels it saw, None on the
-        gradient path). Also whether the student's logits differ from the reference's.
-        One device sync.
+        gradient path). Also the reference's softness (mean probability off the label) and
+        whether the student's logits differ from the reference's. One device sync.
         """
         logits = student.detach().float()
-        ce = _ce_gradient(logits, reference, targets)
+        labels = _labels(logits, reference, targets)
+        ce = torch.softmax(logits, dim=1) - F.one_hot(labels, logits.shape[1]).to(logits.dtype)
         teacher = self._teacher_gradient(logits, reference, targets)
         differ = (logits != reference.to(logits)).any().float()
-        ce_norm, teacher_norm, differs = torch.stack(
-            [ce.norm(dim=1).mean(), teacher.norm(dim=1).mean(), differ]
+        off_label = 1 - torch.softmax(reference.float(), dim=1).gather(1, labels[:, None])
+        ce_norm, teacher_norm, softness, differs = torch.stack(
+            [ce.norm(dim=1).mean(), teacher.norm(dim=1).mean(), off_label.mean(), differ]
         ).tolist()
-        return ce_norm, teacher_norm, bool(differs)
+        return ce_norm, teacher_norm, softness, bool(differs)
 
     def _teacher_gradient(
         self, logits: torch.Tensor, reference: torch.Tensor, targets: torch.Tensor | None
@@ -221,13 +240,20 @@ class OnlineTuner:
         ce, teacher = self.state.ce_grad, self.state.teacher_grad
         if not ground or ce is None or teacher is None or not (ce > 0 and teacher > 0):
             return False
-        wanted = self.state.share * ground * ce / teacher
+        wanted = self.state.share * self._informativeness() * ground * ce / teacher
         if not math.isfinite(wanted):
             return False
         self.state.multiplier = min(MAX_MULTIPLIER, wanted)
         if self._apply is not None:
             self._apply(self.loss_config())
         return True
+
+    def _informativeness(self) -> float:
+        """How much the reference says beyond the labels, in (0, 1]: its softness, scaled."""
+        softness = self.state.softness
+        if softness is None:
+            return 1.0
+        return min(1.0, max(softness, 1e-6) / FULL_SHARE_SOFTNESS)
 
     def _end_passes(self) -> None:
         """At a training step: judge the pass that ended one step ago, and end the open one."""
@@ -301,15 +327,14 @@ def _beyond_noise(before: tuple[float, int], after: tuple[float, int]) -> bool:
     return abs(p_after - p_before) > NOISE_SIGMAS * max(math.sqrt(variance), floor)
 
 
-def _ce_gradient(
+def _labels(
     logits: torch.Tensor, reference: torch.Tensor, targets: torch.Tensor | None
 ) -> torch.Tensor:
-    """d CE/d(logits) per sample: softmax - onehot(label), where no (valid) label came the
-    reference's argmax (the gradient path, an ``ignore_index`` such as 255)."""
+    """The labels of a training batch; where none (valid) came, the reference's argmax (the
+    gradient path, an ``ignore_index`` such as 255)."""
     predicted = reference.argmax(dim=1).to(logits.device)
     labels = predicted if targets is None else targets.to(logits.device, torch.long)
-    labels = torch.where(_valid(labels, logits.shape[1]), labels, predicted)
-    return torch.softmax(logits, dim=1) - F.one_hot(labels, logits.shape[1]).to(logits.dtype)
+    return torch.where(_valid(labels, logits.shape[1]), labels, predicted)
 
 
 def _valid(labels: torch.Tensor, classes: int) -> torch.Tensor:

@@ -17,8 +17,10 @@ from labelkeep_plugins.errors import ConfigError
 from labelkeep_plugins.hookspecs import hookimpl
 from labelkeep_plugins.injector.attach import InjectionHandle
 from labelkeep_plugins.online_tuner import (
+    FULL_SHARE_SOFTNESS,
     INITIAL_MULTIPLIER,
     INITIAL_SHARE,
+    MAX_MULTIPLIER,
     MAX_SHARE,
     MIN_SHARE,
     OnlineTuner,
@@ -36,6 +38,20 @@ def batch(seed: int, n: int = 16, classes: int = 5) -> tuple[torch.Tensor, ...]:
     reference = torch.randn(n, classes, generator=generator)
     targets = torch.randint(0, classes, (n,), generator=generator)
     return student, reference, targets
+
+
+def expected_multiplier(
+    ce: float, teacher: float, reference: torch.Tensor, labels: torch.Tensor, ground: float = 1.0
+) -> float:
+    """The multiplier the tuner should set after one step, computed here from its definition."""
+    softness = float((1 - reference.softmax(1).gather(1, labels[:, None])).mean())
+    informativeness = min(1.0, softness / FULL_SHARE_SOFTNESS)
+    return min(MAX_MULTIPLIER, INITIAL_SHARE * informativeness * ground * ce / teacher)
+
+
+def scaled(loss: LossConfig, multiplier: float) -> LossConfig:
+    weights = {k: w if k == "ce" else w * multiplier for k, w in loss.weights.items()}
+    return loss.with_overrides(weights=weights)
 
 
 def step(tuner: OnlineTuner, seed: int) -> None:
@@ -77,8 +93,9 @@ def test_teacher_gradient_is_held_at_the_share_of_the_ground_truth_gradient() ->
     probe = LossComposer(loss)
     per_sample, _ = probe.extra_per_sample(leaf, reference, targets)
     (teacher_grad,) = torch.autograd.grad(per_sample.sum(), leaf)
-    expected = INITIAL_SHARE * ce_grad.norm(dim=1).mean() / teacher_grad.norm(dim=1).mean()
-    assert tuner.state.multiplier == pytest.approx(float(expected), rel=1e-5)
+    ce, teacher = ce_grad.norm(dim=1).mean(), teacher_grad.norm(dim=1).mean()
+    expected = expected_multiplier(float(ce), float(teacher), reference, targets)
+    assert tuner.state.multiplier == pytest.approx(expected, rel=1e-5)
     live = applied[-1]
     assert live.weights["ce"] == 1.0  # the user's own term keeps its weight
     assert live.weights["kd"] == pytest.approx(2.0 * tuner.state.multiplier)
@@ -187,7 +204,8 @@ def test_session_trains_with_the_weights_the_tuner_sets() -> None:
             for g, e in zip(got, (p.grad for p in student.parameters()), strict=True):
                 torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
             assert weights.weights["kd"] > 0  # the teacher is on from the first step
-            assert index > 0 or weights == Config().loss  # configured until measured
+            first = Config().loss.with_overrides(weights={"ce": 1.0, "kd": INITIAL_MULTIPLIER})
+            assert index > 0 or weights == first  # scaled down until measured
         report = session.report()["tuner"]
         assert report["name"] == "online" and report["steps"] == 4
     finally:
@@ -263,7 +281,7 @@ def test_gradient_path_trains_at_the_tuner_weights_and_measures(user_loss) -> No
                 torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
             if index == 0:  # no labels: CE to the reference's argmax, teacher as applied
                 ce, teacher = norms(Config().loss, out, ref, ref.argmax(1), None)
-                wanted = INITIAL_SHARE * ce / teacher
+                wanted = expected_multiplier(ce, teacher, ref, ref.argmax(1))
                 assert session.tuner.state.multiplier == pytest.approx(wanted, rel=1e-5)
         assert handle.attached and handle.stats.via_gradient == 4
         assert session.tuner.state.steps == 4 and not session.counters.failures
@@ -297,7 +315,7 @@ def test_soft_targets_reach_the_tuner_as_labels(user_loss, make) -> None:
             torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
         assert handle.stats.via_loss_value == 1 and len(seen) == 1 and torch.equal(seen[0], y)
         ce, teacher = norms(Config().loss, logits, ref, y, y)
-        wanted = INITIAL_SHARE * ce / teacher
+        wanted = expected_multiplier(ce, teacher, ref, y)
         assert session.tuner.state.multiplier == pytest.approx(wanted, rel=1e-5)
     finally:
         session.detach_all()
@@ -437,7 +455,7 @@ def test_configured_weights_apply_until_the_student_differs_from_the_reference()
         )
     assert tuner.state.teacher_grad is None
     assert tuner.state.multiplier == INITIAL_MULTIPLIER
-    assert tuner.loss_config() == Config().loss
+    assert tuner.loss_config() == scaled(Config().loss, INITIAL_MULTIPLIER)
     tuner.labelkeep_training_step(
         student_logits=student, reference_logits=reference, targets=targets, terms={}
     )
@@ -451,7 +469,8 @@ def test_share_counts_the_ground_truth_weight() -> None:
     step(tuner, 0)
     student, reference, targets = batch(0)
     ce, teacher = norms(loss, student, reference, targets, targets)
-    assert tuner.state.multiplier == pytest.approx(INITIAL_SHARE * 2.0 * ce / teacher, rel=1e-5)
+    wanted = expected_multiplier(ce, teacher, reference, targets, ground=2.0)
+    assert tuner.state.multiplier == pytest.approx(wanted, rel=1e-5)
 
 
 def test_without_ground_truth_weight_the_configured_teacher_weights_stay() -> None:
@@ -534,7 +553,7 @@ def test_an_ignore_index_label_is_measured_as_the_reference_argmax() -> None:
             out, ref = student(x).detach(), reference(x)
         labels = torch.where(y == 255, ref.argmax(1), y)
         ce, teacher = norms(Config().loss, out, ref, labels, y)
-        wanted = INITIAL_SHARE * ce / teacher
+        wanted = expected_multiplier(ce, teacher, ref, labels)
         assert session.tuner.state.multiplier == pytest.approx(wanted, rel=1e-5)
         student.eval()
         with torch.no_grad():
@@ -589,3 +608,24 @@ def test_gradient_path_without_teacher_terms_keeps_the_users_gradient(tuner) -> 
         assert handle.attached and handle.stats.via_gradient == 1
     finally:
         session.detach_all()
+
+
+def test_a_reference_one_hot_on_the_labels_gets_a_proportionally_smaller_share() -> None:
+    """Softness = mean probability off the label; below FULL_SHARE_SOFTNESS it scales the share."""
+    student, _, targets = batch(5)
+    confident = 12.0 * F.one_hot(targets, 5).float()  # ~0.0002 of its mass off the label
+    soft = 0.5 * F.one_hot(targets, 5).float()  # ~0.5 off the label: full share
+    tuners = {}
+    for name, reference in (("confident", confident), ("soft", soft)):
+        tuner = tuners[name] = OnlineTuner(Config())
+        tuner.labelkeep_training_step(
+            student_logits=student, reference_logits=reference, targets=targets, terms={}
+        )
+        off_label = 1 - reference.softmax(1).gather(1, targets[:, None])
+        assert tuner.state.softness == pytest.approx(float(off_label.mean()), rel=1e-4)
+        ce, teacher = norms(Config().loss, student, reference, targets, targets)
+        wanted = expected_multiplier(ce, teacher, reference, targets)
+        assert tuner.state.multiplier == pytest.approx(wanted, rel=1e-4)
+    assert tuners["confident"].state.softness < 0.01 * FULL_SHARE_SOFTNESS
+    assert tuners["soft"]._informativeness() == 1.0
+    assert tuners["confident"]._informativeness() < 0.01
