@@ -1,8 +1,9 @@
-"""Data and pretrained weights for the bench's user-style scripts (no labelkeep import here).
+"""Data, pretrained weights and the plain loops of the bench's user-style scripts.
 
 The scripts are what a user would write; this module is the part of them that a user
-would have on disk already: a data set with a fixed train/validation/test split, and
-pretrained weights. ``--split val`` evaluates on a validation slice carved out of the
+would have on disk already: a data set with a fixed train/validation/test split,
+pretrained weights, and an ordinary training loop and evaluation (no labelkeep import
+here). ``--split val`` evaluates on a validation slice carved out of the
 training data (never trained on), ``--split test`` on the held-out test split, so a
 tuner can search on ``val`` and the bench report ``test`` numbers it never tuned on.
 """
@@ -69,6 +70,30 @@ def pretrained(model: nn.Module, path: str | None, train: Callable[[], None], se
     train()
     if path:
         _atomic_save(lambda f: torch.save(model.state_dict(), f), Path(path))
+
+
+def train(model: nn.Module, loader: DataLoader, criterion, optimizer, epochs: int) -> None:
+    """The ordinary loop: forward, the criterion, backward, step."""
+    model.train()
+    for _ in range(epochs):
+        for inputs, targets in loader:
+            optimizer.zero_grad()
+            criterion(model(inputs), targets).backward()
+            optimizer.step()
+
+
+def evaluate(model: nn.Module, loader: DataLoader) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy in eval mode without gradients."""
+    model.eval()
+    correct = total = 0
+    loss_sum = 0.0
+    with torch.no_grad():
+        for inputs, targets in loader:
+            outputs = model(inputs)
+            loss_sum += nn.functional.cross_entropy(outputs, targets, reduction="sum").item()
+            correct += (outputs.argmax(dim=1) == targets).sum().item()
+            total += len(targets)
+    return correct / total, loss_sum / total
 
 
 def _arrays(dataset: str, data_dir: str | None) -> tuple[np.ndarray, ...]:

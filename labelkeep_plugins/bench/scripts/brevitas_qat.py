@@ -15,7 +15,7 @@ import argparse
 
 import brevitas.nn as qnn
 import torch
-from _benchdata import DATASETS, SPLITS, load_data, pretrained
+from _benchdata import DATASETS, SPLITS, evaluate, load_data, pretrained, train
 from brevitas.graph.calibrate import calibration_mode
 from brevitas.graph.quantize import layerwise_quantize
 from brevitas.quant import Int8ActPerTensorFloat, Int8WeightPerTensorFloat, Int32Bias
@@ -61,28 +61,6 @@ def low_bit_layer_map(weight_bits: int, act_bits: int) -> dict:
     return {nn.Linear: (qnn.QuantLinear, common), nn.Conv1d: (qnn.QuantConv1d, common)}
 
 
-def train(model: nn.Module, loader, criterion, optimizer, epochs: int) -> None:
-    model.train()
-    for _ in range(epochs):
-        for inputs, targets in loader:
-            optimizer.zero_grad()
-            criterion(model(inputs), targets).backward()
-            optimizer.step()
-
-
-def evaluate(model: nn.Module, loader, criterion) -> tuple[float, float]:
-    model.eval()
-    correct = total = 0
-    loss_sum = 0.0
-    with torch.no_grad():
-        for inputs, targets in loader:
-            outputs = model(inputs)
-            loss_sum += criterion(outputs, targets).item() * len(targets)
-            correct += (outputs.argmax(dim=1) == targets).sum().item()
-            total += len(targets)
-    return correct / total, loss_sum / total
-
-
 def calibrate(model: nn.Module, loader) -> None:
     model.eval()
     with torch.no_grad(), calibration_mode(model):
@@ -123,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
 
     pretrained(model, args.pretrained, pretrain, args.seed)
     torch.manual_seed(args.seed + 1)  # the same batches whether trained or loaded
-    accuracy, _ = evaluate(model, data.evaluate, criterion)
+    accuracy, _ = evaluate(model, data.evaluate)
     print(f"float model: {args.split} accuracy {accuracy:.4f}")
 
     layer_map = low_bit_layer_map(args.weight_bits, args.act_bits)
@@ -131,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     calibrate(model, data.train)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     train(model, data.train, criterion, optimizer, args.epochs)
-    accuracy, loss = evaluate(model, data.evaluate, criterion)
+    accuracy, loss = evaluate(model, data.evaluate)
     bits = f"W{args.weight_bits}A{args.act_bits}"
     print(f"{bits} QAT model: {args.split} accuracy {accuracy:.4f}, loss {loss:.4f}")
 

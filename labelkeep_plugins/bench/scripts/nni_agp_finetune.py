@@ -15,7 +15,7 @@ import argparse
 import nni
 import torch
 import torch.nn.functional as F
-from _benchdata import DATASETS, SPLITS, load_data, pretrained
+from _benchdata import DATASETS, SPLITS, evaluate, load_data, pretrained
 from nni.compression import TorchEvaluator
 from nni.compression.pruning import AGPPruner, TaylorPruner
 from nni.compression.speedup import ModelSpeedup
@@ -66,18 +66,6 @@ def make_training_func(loader):
                 lr_scheduler.step()
 
     return training_model
-
-
-def evaluate(model: nn.Module, loader) -> tuple[float, float]:
-    model.eval()
-    correct, total_loss, total = 0, 0.0, 0
-    with torch.no_grad():
-        for x, y in loader:
-            logits = model(x)
-            total_loss += F.cross_entropy(logits, y, reduction="sum").item()
-            correct += (logits.argmax(dim=1) == y).sum().item()
-            total += len(y)
-    return correct / total, total_loss / total
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -13,7 +13,7 @@ import argparse
 
 import torch
 import torch_pruning as tp
-from _benchdata import DATASETS, SPLITS, load_data, pretrained
+from _benchdata import DATASETS, SPLITS, evaluate, load_data, pretrained, train
 from torch import nn
 
 
@@ -39,28 +39,10 @@ class Net(nn.Module):
         return self.classifier(self.features(x.unsqueeze(1)).flatten(1))
 
 
-def train(model: nn.Module, loader, epochs: int, lr: float) -> None:
-    criterion = nn.CrossEntropyLoss()
+def fit(model: nn.Module, loader, epochs: int, lr: float) -> None:
+    """Adam and cross-entropy, the way torch-pruning's examples fine-tune."""
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    model.train()
-    for _ in range(epochs):
-        for x, y in loader:
-            optimizer.zero_grad()
-            criterion(model(x), y).backward()
-            optimizer.step()
-
-
-def evaluate(model: nn.Module, loader) -> tuple[float, float]:
-    criterion = nn.CrossEntropyLoss(reduction="sum")
-    model.eval()
-    correct, total, loss = 0, 0, 0.0
-    with torch.no_grad():
-        for x, y in loader:
-            out = model(x)
-            loss += criterion(out, y).item()
-            correct += (out.argmax(1) == y).sum().item()
-            total += len(y)
-    return correct / total, loss / total
+    train(model, loader, nn.CrossEntropyLoss(), optimizer, epochs)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -87,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     model = Net(args.width, data.features, data.classes)
 
     def pretrain() -> None:
-        train(model, data.train, args.pretrain_epochs, 3e-3)
+        fit(model, data.train, args.pretrain_epochs, 3e-3)
 
     pretrained(model, args.pretrained, pretrain, args.seed)
     torch.manual_seed(args.seed + 1)  # the same batches whether trained or loaded
@@ -107,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     macs, params = tp.utils.count_ops_and_params(model, example_inputs)
     print(f"pruned: params {base_params:.0f} -> {params:.0f}, MACs {base_macs:.0f} -> {macs:.0f}")
 
-    train(model, data.train, args.epochs, args.lr)
+    fit(model, data.train, args.epochs, args.lr)
     accuracy, loss = evaluate(model, data.evaluate)
     print(f"fine-tuned: {args.split} accuracy {accuracy:.4f}, loss {loss:.4f}")
 
