@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -31,6 +31,7 @@ DEFAULT_FOCAL_BASE = 1.0
 DEFAULT_FOCAL_SCALE = 1.0
 
 LogitsSelector = str | int | None
+_Section = TypeVar("_Section")
 DEFAULT_REFERENCE_CACHE_MB = 64.0
 
 
@@ -52,13 +53,7 @@ class FocalConfig:
 
     @classmethod
     def from_value(cls, value: Any) -> FocalConfig | None:
-        if value is None or value is False:
-            return None
-        if value is True:
-            return cls()
-        if isinstance(value, FocalConfig):
-            return value
-        return cls(**_checked_mapping("focal", value, {f.name for f in fields(cls)}))
+        return _optional_section(cls, "focal", value)
 
 
 @dataclass(frozen=True)
@@ -115,13 +110,7 @@ class ReferenceCacheConfig:
 
     @classmethod
     def from_value(cls, value: Any) -> ReferenceCacheConfig | None:
-        if value is None or value is False:
-            return None
-        if value is True:
-            return cls()
-        if isinstance(value, ReferenceCacheConfig):
-            return value
-        return cls(**_checked_mapping("reference_cache", value, {f.name for f in fields(cls)}))
+        return _optional_section(cls, "reference_cache", value)
 
 
 @dataclass(frozen=True)
@@ -231,6 +220,17 @@ def read_config_file(path: Path) -> Config:
         return Config.from_dict(data)
     except ConfigError as exc:
         raise ConfigError(f"config file {str(path)!r}: {exc}") from exc
+
+
+def _optional_section(cls: type[_Section], key: str, value: Any) -> _Section | None:
+    """A switchable section: None or False is off, True its defaults, a mapping validated."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    return cls(**_checked_mapping(key, value, {f.name for f in fields(cls)}))
 
 
 def _checked_mapping(what: str, value: Any, allowed: set[str]) -> dict[str, Any]:
