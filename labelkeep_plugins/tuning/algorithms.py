@@ -54,12 +54,12 @@ class NniSearch:
         tuner.update_search_space(dict(space))
 
     def propose(self, trial: int) -> dict[str, Any]:
+        from nni import NoMoreTrialError  # NNI is installed: it made the tuner
+
         try:
             proposed = self._tuner.generate_parameters(trial)
-        except Exception as exc:
-            if type(exc).__name__ == "NoMoreTrialError":  # nni.NoMoreTrialError
-                raise SpaceExhausted(str(exc)) from exc
-            raise
+        except NoMoreTrialError as exc:
+            raise SpaceExhausted(str(exc)) from exc
         parameters = {k: _plain(v) for k, v in proposed.items()}
         self._proposed[trial] = parameters
         return dict(parameters)
