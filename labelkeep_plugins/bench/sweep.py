@@ -1,0 +1,136 @@
+"""Loss settings of your choice over the bench's cells: how the online tuner's design was chosen.
+
+    python -m labelkeep_plugins.bench.sweep SETTINGS.json [--seeds 0,1,2] [--cells a,b]
+                                            [--out DIR] [--jobs 2]
+
+``SETTINGS.json`` maps a name to a labelkeep ``loss`` section, optionally with a
+``tuner`` key (``fixed`` unless given), e.g. ``{"plain": {"weights": {"ce": 1.0}},
+"online": {"tuner": "online"}}``. Each setting runs on each cell and seed exactly as a
+bench run does (the same scripts, test split, epochs and pretrained checkpoints, which
+``--out`` shares between settings), and the figures per seed are printed. Finished runs
+are read back, so adding a setting to the file reruns only what is new.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from labelkeep_plugins.bench import execute
+from labelkeep_plugins.bench.cells import CELLS, PROFILES, Cell, parse_names
+from labelkeep_plugins.bench.plan import BenchSettings, RunKey, script_command
+from labelkeep_plugins.config import Config, LossConfig
+from labelkeep_plugins.errors import ConfigError
+from labelkeep_plugins.tuners import make_tuner
+
+RESULT_FILE = "figures.json"
+
+
+def settings_from_file(path: Path) -> dict[str, Config]:
+    """Each named setting as a configuration (validated before anything runs)."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or not data:
+        raise ConfigError(f"{path}: expected a JSON object of name -> loss settings")
+    configs = {}
+    for name, spec in data.items():
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{path}: setting {name!r} must be a loss section (an object)")
+        loss = {key: value for key, value in spec.items() if key != "tuner"}
+        config = Config(loss=LossConfig.from_value(loss), tuner=spec.get("tuner", "fixed"))
+        make_tuner(config)  # an unknown tuner name fails here, before any run
+        configs[name] = config
+    return configs
+
+
+def run_one(cell: Cell, seed: int, name: str, config: Config, out: Path) -> dict[str, Any]:
+    """The figures of one run (from disk when it already ran), or its error."""
+    key = RunKey(cell.key, name, seed)
+    directory = key.directory(out)
+    saved = directory / RESULT_FILE
+    if saved.exists():
+        figures: dict[str, Any] = json.loads(saved.read_text(encoding="utf-8"))
+        return figures
+    profile = PROFILES["default"]
+    settings = BenchSettings(
+        "sweep", (cell.key,), (name,), (seed,), 0, profile.epochs, profile.pretrain_epochs, ()
+    )
+    result = execute.execute_run(
+        key, script_command(cell, [seed], "test", settings, out), config, directory
+    )
+    figures = result.figures if result.ok else {"error": result.error}
+    directory.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps(figures), encoding="utf-8")
+    return figures
+
+
+Results = dict[tuple[str, int, str], dict[str, Any]]
+
+
+def summary_lines(
+    results: Results, cells: Sequence[str], names: Sequence[str], seeds: Sequence[int]
+) -> list[str]:
+    """Per cell and setting: mean mismatches, each seed's, negative flips and accuracy."""
+    lines = []
+    for cell in cells:
+        lines.append(cell)
+        for name in names:
+            runs = [results[cell, seed, name] for seed in seeds]
+            failed = [run["error"] for run in runs if "error" in run]
+            if failed:
+                lines.append(f"  {name:16s} failed: {failed[0]}")
+                continue
+            mismatches = [run["mismatches"] for run in runs]
+            flips = sum(run["negative_flips"] or 0 for run in runs) / len(runs)
+            accuracy = 100 * sum(run["accuracy"] or 0 for run in runs) / len(runs)
+            lines.append(
+                f"  {name:16s} mismatches {sum(mismatches) / len(runs):7.1f} {mismatches}  "
+                f"negative flips {flips:6.1f}  accuracy {accuracy:5.1f}"
+            )
+    return lines
+
+
+def sweep(
+    configs: dict[str, Config], cells: Sequence[Cell], seeds: Sequence[int], out: Path, jobs: int
+) -> Results:
+    """Every setting on every cell and seed; the first setting first (it trains the
+    checkpoints the others load), the rest ``jobs`` at a time."""
+    first = next(iter(configs))
+    todo = [(cell, seed, name) for cell in cells for seed in seeds for name in configs]
+    results: Results = {}
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        for phase in ([j for j in todo if j[2] == first], [j for j in todo if j[2] != first]):
+            figures = list(pool.map(lambda job: run_one(*job, configs[job[2]], out), phase))
+            for (cell, seed, name), measured in zip(phase, figures, strict=True):
+                results[cell.key, seed, name] = measured
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("settings", type=Path, help="JSON: setting name -> loss section")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated evaluation seeds")
+    parser.add_argument("--cells", help="comma-separated cells, e.g. nni/digits (default all)")
+    parser.add_argument("--out", type=Path, default=Path("labelkeep-sweep"))
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
+    options = parser.parse_args(argv)
+    try:
+        configs = settings_from_file(options.settings)
+        valid = [cell.key for cell in CELLS]
+        keys = parse_names([options.cells] if options.cells else None, valid, "cell")
+        seeds = [int(seed) for seed in options.seeds.split(",")]
+    except (ConfigError, OSError, ValueError) as exc:
+        print(f"labelkeep sweep: {exc}", file=sys.stderr)
+        return 2
+    cells = [cell for cell in CELLS if not keys or cell.key in keys]
+    results = sweep(configs, cells, seeds, options.out, options.jobs)
+    print("\n".join(summary_lines(results, [c.key for c in cells], list(configs), seeds)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

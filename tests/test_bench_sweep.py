@@ -1,0 +1,82 @@
+"""``python -m labelkeep_plugins.bench.sweep``: settings over the bench's cells, with fake runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from labelkeep_plugins.bench import execute, sweep
+from labelkeep_plugins.bench.store import RunResult
+
+
+class FakeRuns:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, int, str]] = []
+
+    def __call__(self, key, command, config, directory) -> RunResult:
+        self.calls.append((key.cell, key.method, key.seed, config.tuner))
+        assert "--split" in command and command[command.index("--split") + 1] == "test"
+        figures = {"mismatches": 10 + key.seed, "negative_flips": 4, "accuracy": 0.9}
+        if key.method == "broken":
+            return RunResult(key, "failed", 1.0, error="exit code 1")
+        return RunResult(key, "ok", 1.0, figures)
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> FakeRuns:
+    runs = FakeRuns()
+    monkeypatch.setattr(execute, "execute_run", runs)
+    return runs
+
+
+def write(tmp_path: Path, data: object) -> Path:
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_every_setting_on_every_cell_and_seed_the_first_setting_first(tmp_path, fake, capsys):
+    settings = write(tmp_path, {"plain": {"weights": {"ce": 1.0}}, "online": {"tuner": "online"}})
+    args = [str(settings), "--seeds", "0,1", "--cells", "nni/digits", "--out", str(tmp_path / "o")]
+    assert sweep.main(args) == 0
+    assert fake.calls[:2] == [
+        ("nni/digits", "plain", 0, "fixed"),
+        ("nni/digits", "plain", 1, "fixed"),
+    ]
+    assert sorted(fake.calls[2:]) == [("nni/digits", "online", s, "online") for s in (0, 1)]
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "nni/digits"
+    assert out[1].split()[:4] == ["plain", "mismatches", "10.5", "[10,"]
+    assert sweep.main(args) == 0  # read back: nothing runs again
+    assert len(fake.calls) == 4
+
+
+def test_a_failed_run_is_shown_as_failed(tmp_path, fake, capsys):
+    settings = write(tmp_path, {"plain": {"weights": {"ce": 1.0}}, "broken": {}})
+    assert (
+        sweep.main([str(settings), "--seeds", "0", "--cells", "nni/digits", "--out", str(tmp_path)])
+        == 0
+    )
+    assert "broken           failed: exit code 1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ([], "expected a JSON object"),
+        ({"a": 3}, "setting 'a' must be a loss section"),
+        ({"a": {"tuner": "onlin"}}, "unknown tuner 'onlin'"),
+        ({"a": {"temperature": 0}}, "temperature must be a number > 0"),
+    ],
+)
+def test_bad_settings_are_refused_before_anything_runs(tmp_path, fake, capsys, data, message):
+    assert sweep.main([str(write(tmp_path, data))]) == 2
+    assert message in capsys.readouterr().err and not fake.calls
+
+
+def test_an_unknown_cell_lists_the_valid_ones(tmp_path, fake, capsys):
+    settings = write(tmp_path, {"plain": {}})
+    assert sweep.main([str(settings), "--cells", "nni/imagenet"]) == 2
+    assert "valid cells: torch-pruning/mnist1d" in capsys.readouterr().err
