@@ -54,7 +54,7 @@ INITIAL_SHARE = 1.0
 # The first step runs before anything was measured. A first gradient far larger than the
 # rest would shrink Adam's steps for hundreds of steps (its second-moment average decays
 # slowly), so it gets the configured teacher weights scaled well down, not as given.
-INITIAL_MULTIPLIER = 0.01  # the configured weights, until the gradients were measured
+INITIAL_MULTIPLIER = 0.01
 MAX_SHARE = 2.0
 # A reference that leaves this much of its probability off the label on training batches
 # (on average) gets the full share; one that is nearly one-hot on the labels says little
