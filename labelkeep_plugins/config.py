@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -56,6 +56,80 @@ class FocalConfig:
         return _optional_section(cls, "focal", value)
 
 
+SOFTADAPT_VARIANTS = ("original", "normalized", "loss_weighted")
+DEFAULT_SOFTADAPT_VARIANT = "loss_weighted"
+DEFAULT_SOFTADAPT_BETA = 0.1
+DEFAULT_SOFTADAPT_INTERVAL = 20
+DEFAULT_MIXUP_ALPHA = 1.0
+
+
+@dataclass(frozen=True)
+class FunctionMatchingConfig:
+    """How the ``fm`` term perturbs its copy of the training batch (used while ``fm`` > 0).
+
+    ``mixup_alpha``: the Beta(alpha, alpha) of the mixing coefficient between each input and
+    another input of the same batch; ``noise``: the standard deviation of Gaussian noise added
+    to the mixed copy, relative to the batch's own standard deviation (0: none).
+    """
+
+    mixup_alpha: float = DEFAULT_MIXUP_ALPHA
+    noise: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not _is_number(self.mixup_alpha) or not self.mixup_alpha > 0:
+            raise ConfigError(
+                f"function_matching.mixup_alpha must be a number > 0, got {self.mixup_alpha!r}; "
+                f"1.0 mixes uniformly (default {DEFAULT_MIXUP_ALPHA})"
+            )
+        _require_non_negative("function_matching.noise", self.noise)
+
+    @classmethod
+    def from_value(cls, value: Any) -> FunctionMatchingConfig:
+        section = _optional_section(cls, "function_matching", value)
+        return cls() if section is None else section
+
+
+@dataclass(frozen=True)
+class SoftAdaptConfig:
+    """The SoftAdapt tuner's settings (``tuner: softadapt``; Heydari et al., arXiv 1912.12355).
+
+    ``beta``: the softmax's inverse temperature over the terms' rates of change (0: equal
+    weights; > 0 favours the term that falls slowest); ``interval``: training steps averaged
+    into one point, and so between two weight updates.
+    """
+
+    variant: str = DEFAULT_SOFTADAPT_VARIANT
+    beta: float = DEFAULT_SOFTADAPT_BETA
+    interval: int = DEFAULT_SOFTADAPT_INTERVAL
+
+    def __post_init__(self) -> None:
+        if self.variant not in SOFTADAPT_VARIANTS:
+            raise ConfigError(
+                f"softadapt.variant must be one of {', '.join(SOFTADAPT_VARIANTS)}, "
+                f"got {self.variant!r}"
+            )
+        if not _is_number(self.beta):
+            raise ConfigError(
+                f"softadapt.beta must be a finite number, got {self.beta!r}; "
+                f"the paper uses 0.1 (default {DEFAULT_SOFTADAPT_BETA})"
+            )
+        object.__setattr__(self, "beta", float(self.beta))
+        if (
+            isinstance(self.interval, bool)
+            or not isinstance(self.interval, int)
+            or (self.interval < 1)
+        ):
+            raise ConfigError(
+                f"softadapt.interval must be a whole number of training steps >= 1, got "
+                f"{self.interval!r} (default {DEFAULT_SOFTADAPT_INTERVAL})"
+            )
+
+    @classmethod
+    def from_value(cls, value: Any) -> SoftAdaptConfig:
+        section = _optional_section(cls, "softadapt", value)
+        return cls() if section is None else section
+
+
 @dataclass(frozen=True)
 class LossConfig:
     """Weights of the loss terms, the KD temperature and the optional focal weights."""
@@ -63,10 +137,14 @@ class LossConfig:
     weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     temperature: float = DEFAULT_TEMPERATURE
     focal: FocalConfig | None = field(default_factory=FocalConfig)
+    function_matching: FunctionMatchingConfig = field(default_factory=FunctionMatchingConfig)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "weights", _checked_weights(self.weights))
         object.__setattr__(self, "focal", FocalConfig.from_value(self.focal))
+        object.__setattr__(
+            self, "function_matching", FunctionMatchingConfig.from_value(self.function_matching)
+        )
         if not _is_number(self.temperature) or not self.temperature > 0:
             raise ConfigError(
                 f"temperature must be a number > 0, got {self.temperature!r}; "
@@ -129,6 +207,7 @@ class Config:
     each adapter validates its own keys."""
     reference_cache: ReferenceCacheConfig | None = None
     """Reuse the reference's logits of inputs seen before (``{max_mb: 64}``); None: off."""
+    softadapt: SoftAdaptConfig = field(default_factory=SoftAdaptConfig)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "loss", LossConfig.from_value(self.loss))
@@ -156,6 +235,7 @@ class Config:
         object.__setattr__(
             self, "reference_cache", ReferenceCacheConfig.from_value(self.reference_cache)
         )
+        object.__setattr__(self, "softadapt", SoftAdaptConfig.from_value(self.softadapt))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> Config:
@@ -172,6 +252,7 @@ class Config:
                 "weights": dict(self.loss.weights),
                 "temperature": self.loss.temperature,
                 "focal": None if focal is None else {"base": focal.base, "scale": focal.scale},
+                "function_matching": asdict(self.loss.function_matching),
             },
             "logits": self.logits,
             "train_mode_only": self.train_mode_only,
@@ -186,6 +267,7 @@ class Config:
                 "max_mb": self.reference_cache.max_mb,
                 "copy_to_host": self.reference_cache.copy_to_host,
             },
+            "softadapt": asdict(self.softadapt),
         }
 
 

@@ -107,7 +107,8 @@ def labelkeep_training_step(
     :param student_logits: detached student logits, (batch, classes).
     :param reference_logits: detached reference logits on the same inputs.
     :param targets: ground-truth labels when the loss saw them, else None.
-    :param terms: each term's unweighted batch mean, a detached 0-dim tensor (no device sync).
+    :param terms: each term's unweighted batch mean, a detached 0-dim tensor (no device sync);
+        on the loss-value path also ``ce``: the user's own loss as a batch mean.
     :return: nothing; every implementation is called.
     """
 

@@ -32,21 +32,36 @@ class Framework:
 
 @dataclass(frozen=True)
 class Cell:
-    """One framework x dataset combination: its model shape and compression."""
+    """One framework x dataset x compression level: its model shape and compression.
+
+    The two levels of a framework and dataset share the model (``model_args``), so they
+    compress the very same pretrained reference (one checkpoint per seed, ``model_slug``).
+    """
 
     framework: str
     dataset: str
+    level: str  # moderate | heavy
     shape: str
     compression: str
-    args: tuple[str, ...]
+    model_args: tuple[str, ...]
+    compression_args: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
-        return f"{self.framework}/{self.dataset}"
+        return f"{self.framework}/{self.dataset}/{self.level}"
 
     @property
     def slug(self) -> str:
+        return f"{self.framework}-{self.dataset}-{self.level}"
+
+    @property
+    def model_slug(self) -> str:
+        """Names the pretrained checkpoint both levels share."""
         return f"{self.framework}-{self.dataset}"
+
+    @property
+    def args(self) -> tuple[str, ...]:
+        return (*self.model_args, *self.compression_args)
 
 
 @dataclass(frozen=True)
@@ -85,30 +100,123 @@ DATASETS: dict[str, tuple[str, str]] = {
     "digits": ("sklearn", "pip install scikit-learn"),
 }
 
+LEVELS = ("moderate", "heavy")
+
+_TP_MNIST1D = ("--arch", "cnn", "--width", "64")
+_TP_DIGITS = ("--arch", "resnet", "--width", "32")
+_NNI_MNIST1D = ("--width", "32")
+_NNI_DIGITS = ("--width", "48")
+_BREVITAS_MNIST1D = ("--arch", "cnn", "--depth", "3", "--width", "32")
+_BREVITAS_DIGITS = ("--arch", "mlp", "--depth", "2", "--width", "64")
+
 CELLS: tuple[Cell, ...] = (
-    Cell("torch-pruning", "mnist1d", "CNN 3 conv x 64", "80% channels", ("--width", "64")),
-    Cell("torch-pruning", "digits", "CNN 3 conv x 32", "80% channels", ("--width", "32")),
-    Cell("nni", "mnist1d", "CNN 2 conv x 32", "AGP+Taylor 75% ch.", ("--width", "32")),
+    Cell(
+        "torch-pruning",
+        "mnist1d",
+        "moderate",
+        "CNN 3 conv x 64",
+        "50% channels",
+        _TP_MNIST1D,
+        ("--pruning-ratio", "0.5"),
+    ),
+    Cell(
+        "torch-pruning",
+        "mnist1d",
+        "heavy",
+        "CNN 3 conv x 64",
+        "80% channels",
+        _TP_MNIST1D,
+        ("--pruning-ratio", "0.8"),
+    ),
+    Cell(
+        "torch-pruning",
+        "digits",
+        "moderate",
+        "ResNet 2 blocks x 32",
+        "50% channels",
+        _TP_DIGITS,
+        ("--pruning-ratio", "0.5"),
+    ),
+    Cell(
+        "torch-pruning",
+        "digits",
+        "heavy",
+        "ResNet 2 blocks x 32",
+        "80% channels",
+        _TP_DIGITS,
+        ("--pruning-ratio", "0.8"),
+    ),
+    Cell(
+        "nni",
+        "mnist1d",
+        "moderate",
+        "CNN 2 conv x 32",
+        "AGP+Taylor 50% ch.",
+        _NNI_MNIST1D,
+        ("--sparsity", "0.5"),
+    ),
+    Cell(
+        "nni",
+        "mnist1d",
+        "heavy",
+        "CNN 2 conv x 32",
+        "AGP+Taylor 75% ch.",
+        _NNI_MNIST1D,
+        ("--sparsity", "0.75"),
+    ),
     Cell(
         "nni",
         "digits",
+        "moderate",
+        "CNN 2 conv x 48",
+        "AGP+Taylor 50% ch.",
+        _NNI_DIGITS,
+        ("--sparsity", "0.5"),
+    ),
+    Cell(
+        "nni",
+        "digits",
+        "heavy",
         "CNN 2 conv x 48",
         "AGP+Taylor 87.5% ch.",
-        ("--width", "48", "--sparsity", "0.875"),
+        _NNI_DIGITS,
+        ("--sparsity", "0.875"),
     ),
     Cell(
         "brevitas",
         "mnist1d",
+        "moderate",
+        "CNN 3 conv x 32",
+        "W4A4 QAT",
+        _BREVITAS_MNIST1D,
+        ("--weight-bits", "4", "--act-bits", "4"),
+    ),
+    Cell(
+        "brevitas",
+        "mnist1d",
+        "heavy",
         "CNN 3 conv x 32",
         "W3A4 QAT",
-        ("--arch", "cnn", "--depth", "3", "--width", "32", "--weight-bits", "3"),
+        _BREVITAS_MNIST1D,
+        ("--weight-bits", "3", "--act-bits", "4"),
     ),
     Cell(
         "brevitas",
         "digits",
+        "moderate",
+        "MLP 2 x 64",
+        "W4A4 QAT",
+        _BREVITAS_DIGITS,
+        ("--weight-bits", "4", "--act-bits", "4"),
+    ),
+    Cell(
+        "brevitas",
+        "digits",
+        "heavy",
         "MLP 2 x 64",
         "W2A3 QAT",
-        ("--arch", "mlp", "--depth", "2", "--width", "64", "--act-bits", "3"),
+        _BREVITAS_DIGITS,
+        ("--weight-bits", "2", "--act-bits", "3"),
     ),
 )
 

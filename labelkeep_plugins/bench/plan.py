@@ -115,7 +115,7 @@ def script_command(
         "--pretrain-epochs",
         str(settings.pretrain_epochs),
         "--pretrained",
-        str(cache / "pretrained" / f"{cell.slug}-seed{{seed}}.pt"),
+        str(cache / "pretrained" / f"{cell.model_slug}-seed{{seed}}.pt"),
         "--data-dir",
         str(cache / "data"),
         *cell.args,

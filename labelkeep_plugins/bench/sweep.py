@@ -1,14 +1,15 @@
 """Loss settings of your choice over the bench's cells: how the online tuner's design was chosen.
 
     python -m labelkeep_plugins.bench.sweep SETTINGS.json [--seeds 0,1,2] [--cells a,b]
-                                            [--out DIR] [--jobs 2]
+                                            [--out DIR] [--jobs 2] [--budget 3]
 
 ``SETTINGS.json`` maps a name to a labelkeep ``loss`` section, optionally with a
 ``tuner`` key (``fixed`` unless given), e.g. ``{"plain": {"weights": {"ce": 1.0}},
 "online": {"tuner": "online"}}``. Each setting runs on each cell and seed exactly as a
 bench run does (the same scripts, test split, epochs and pretrained checkpoints, which
 ``--out`` shares between settings), and the figures per seed are printed. Finished runs
-are read back, so adding a setting to the file reruns only what is new.
+are read back, so adding a setting to the file reruns only what is new. ``--budget``
+multiplies the script's recovery epochs (the runs of each budget are kept apart).
 """
 
 from __future__ import annotations
@@ -47,9 +48,11 @@ def settings_from_file(path: Path) -> dict[str, Config]:
     return configs
 
 
-def run_one(cell: Cell, seed: int, name: str, config: Config, out: Path) -> dict[str, Any]:
+def run_one(
+    cell: Cell, seed: int, name: str, config: Config, out: Path, budget: int = 1
+) -> dict[str, Any]:
     """The figures of one run (from disk when it already ran), or its error."""
-    key = RunKey(cell.key, name, seed)
+    key = RunKey(cell.key if budget == 1 else f"{cell.key}/x{budget}", name, seed)
     directory = key.directory(out)
     saved = directory / RESULT_FILE
     if saved.exists():
@@ -57,7 +60,14 @@ def run_one(cell: Cell, seed: int, name: str, config: Config, out: Path) -> dict
         return figures
     profile = PROFILES["default"]
     settings = BenchSettings(
-        "sweep", (cell.key,), (name,), (seed,), 0, profile.epochs, profile.pretrain_epochs, ()
+        "sweep",
+        (cell.key,),
+        (name,),
+        (seed,),
+        0,
+        profile.epochs * budget,
+        profile.pretrain_epochs,
+        (),
     )
     result = execute.execute_run(
         key, script_command(cell, [seed], "test", settings, out), config, directory
@@ -95,7 +105,12 @@ def summary_lines(
 
 
 def sweep(
-    configs: dict[str, Config], cells: Sequence[Cell], seeds: Sequence[int], out: Path, jobs: int
+    configs: dict[str, Config],
+    cells: Sequence[Cell],
+    seeds: Sequence[int],
+    out: Path,
+    jobs: int,
+    budget: int = 1,
 ) -> Results:
     """Every setting on every cell and seed; the first setting first (it trains the
     checkpoints the others load), the rest ``jobs`` at a time."""
@@ -104,7 +119,7 @@ def sweep(
     results: Results = {}
     with ThreadPoolExecutor(max(1, jobs)) as pool:
         for phase in ([j for j in todo if j[2] == first], [j for j in todo if j[2] != first]):
-            figures = list(pool.map(lambda job: run_one(*job, configs[job[2]], out), phase))
+            figures = list(pool.map(lambda job: run_one(*job, configs[job[2]], out, budget), phase))
             for (cell, seed, name), measured in zip(phase, figures, strict=True):
                 results[cell.key, seed, name] = measured
     return results
@@ -117,6 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cells", help="comma-separated cells, e.g. nni/digits (default all)")
     parser.add_argument("--out", type=Path, default=Path("labelkeep-sweep"))
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
+    parser.add_argument("--budget", type=int, default=1, help="x the script's recovery epochs")
     options = parser.parse_args(argv)
     try:
         configs = settings_from_file(options.settings)
@@ -127,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"labelkeep sweep: {exc}", file=sys.stderr)
         return 2
     cells = [cell for cell in CELLS if not keys or cell.key in keys]
-    results = sweep(configs, cells, seeds, options.out, options.jobs)
+    results = sweep(configs, cells, seeds, options.out, options.jobs, max(1, options.budget))
     print("\n".join(summary_lines(results, [c.key for c in cells], list(configs), seeds)))
     return 0
 

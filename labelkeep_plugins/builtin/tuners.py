@@ -7,6 +7,7 @@ from typing import Any
 
 from labelkeep_plugins.hookspecs import hookimpl
 from labelkeep_plugins.online_tuner import OnlineTuner
+from labelkeep_plugins.softadapt import SoftAdaptTuner
 from labelkeep_plugins.tuners import FixedTuner
 
 
@@ -14,3 +15,4 @@ from labelkeep_plugins.tuners import FixedTuner
 def labelkeep_register_tuners(register: Callable[[str, Callable[..., Any]], None]) -> None:
     register(FixedTuner.name, FixedTuner)
     register(OnlineTuner.name, OnlineTuner)
+    register(SoftAdaptTuner.name, SoftAdaptTuner)

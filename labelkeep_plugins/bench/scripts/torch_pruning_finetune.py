@@ -1,10 +1,10 @@
-"""Structured pruning of a 1-D CNN with torch-pruning (80% of channels), then fine-tuning.
+"""Structured pruning of a 1-D CNN or ResNet with torch-pruning, then fine-tuning.
 
 A user script the way torch-pruning's README shows: a ``MetaPruner`` with a magnitude
 importance, ``pruner.step()``, then an ordinary training loop to recover the accuracy,
 and a final evaluation. It knows nothing of labelkeep; ``labelkeep run`` adds the loss.
 
-    python torch_pruning_finetune.py --dataset mnist1d --seed 0 --epochs 6 --width 64
+    python torch_pruning_finetune.py --dataset mnist1d --seed 0 --epochs 6 --width 64 --arch cnn
 """
 
 from __future__ import annotations
@@ -39,6 +39,47 @@ class Net(nn.Module):
         return self.classifier(self.features(x.unsqueeze(1)).flatten(1))
 
 
+class Residual(nn.Module):
+    """Two conv-BN layers with an identity shortcut (torch-pruning prunes both ends together)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv1d(width, width, 3, padding=1),
+            nn.BatchNorm1d(width),
+            nn.ReLU(),
+            nn.Conv1d(width, width, 3, padding=1),
+            nn.BatchNorm1d(width),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x + self.body(x))
+
+
+class ResNet(nn.Module):
+    """A stem, two residual blocks with a strided conv between them, and a linear head."""
+
+    def __init__(self, width: int, length: int, classes: int) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv1d(1, width, 3, padding=1),
+            nn.BatchNorm1d(width),
+            nn.ReLU(),
+            Residual(width),
+            nn.Conv1d(width, width, 3, stride=2, padding=1),
+            nn.BatchNorm1d(width),
+            nn.ReLU(),
+            Residual(width),
+        )
+        self.classifier = nn.Linear(width * ((length + 1) // 2), classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x.unsqueeze(1)).flatten(1))
+
+
+ARCHITECTURES = {"cnn": Net, "resnet": ResNet}
+
+
 def fit(model: nn.Module, loader, epochs: int, lr: float) -> None:
     """Adam and cross-entropy, the way torch-pruning's examples fine-tune."""
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
@@ -50,6 +91,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dataset", choices=DATASETS, default="mnist1d")
     parser.add_argument("--split", choices=SPLITS, default="test", help="evaluated split")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default="cnn")
     parser.add_argument("--width", type=int, default=64, help="channels per conv layer")
     parser.add_argument("--pretrain-epochs", type=int, default=20)
     parser.add_argument("--epochs", type=int, default=6, help="fine-tuning epochs after pruning")
@@ -66,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     data = load_data(args.dataset, args.split, args.data_dir)
     torch.manual_seed(args.seed)
-    model = Net(args.width, data.features, data.classes)
+    model = ARCHITECTURES[args.arch](args.width, data.features, data.classes)
 
     def pretrain() -> None:
         fit(model, data.train, args.pretrain_epochs, 3e-3)
