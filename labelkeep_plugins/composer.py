@@ -51,7 +51,9 @@ class LossComposer:
         self.loss = loss
         active = [(self._terms[name], w) for name, w in loss.weights.items() if w > 0]
         self._ground_truth = [(t, w) for t, w in active if t.name == GROUND_TRUTH_TERM]
-        self._extra = [(t, w) for t, w in active if t.name != GROUND_TRUTH_TERM]
+        self._extra = [
+            (t, w) for t, w in active if t.name != GROUND_TRUTH_TERM and not t.on_perturbed_copy
+        ]
 
     def defer(self, loss: LossConfig) -> None:
         """Switch to ``loss`` at the next student forward (:meth:`apply_pending`).

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -260,6 +261,11 @@ class AgreementMeter:
     def samples(self) -> int:
         """Number of samples seen since the last reset."""
         return self._counts["samples"]
+
+    @property
+    def counts(self) -> Mapping[str, int]:
+        """The running tallies (samples, mismatches, labelled, negative_flips, ...), read-only."""
+        return MappingProxyType(self._counts)
 
     def __repr__(self) -> str:
         return f"AgreementMeter(samples={self.samples}, topk={self.topk})"

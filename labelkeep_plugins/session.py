@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from labelkeep_plugins._version import __version__
+from labelkeep_plugins.budget import mismatch_trend
 from labelkeep_plugins.composer import LossComposer
 from labelkeep_plugins.config import Config
 from labelkeep_plugins.errors import LabelkeepError
@@ -198,6 +199,11 @@ class Session:
 
         ``agreement`` covers the latest evaluation pass of each attached model (its
         final state); ``agreement_all_passes`` every evaluation forward of the run.
+        ``recovery_budget`` is a list with one dict per attached model, in attach order
+        (always a list, so its shape does not depend on how many models there are): the
+        model's class name under ``student`` and the fields of its
+        :class:`~labelkeep_plugins.budget.BudgetVerdict`, which says whether mismatches
+        were still falling over the last evaluation passes (so a longer recovery would help).
         """
         last, every = AgreementMeter(), AgreementMeter()
         via_value = via_gradient = 0
@@ -220,6 +226,7 @@ class Session:
             "reference_intact": all(r["intact"] for r in references) if references else None,
             "agreement": _computed(last),
             "agreement_all_passes": _computed(every),
+            "recovery_budget": [_recovery_budget(handle) for handle in self._all_handles],
             "reference_cache": [
                 h.reference_cache.stats.as_dict() for h in self._all_handles if h.reference_cache
             ],
@@ -237,6 +244,12 @@ def _reference_cache(config: Config) -> Any:
     from labelkeep_plugins.reference_cache import ReferenceCache
 
     return ReferenceCache(int(settings.max_mb * 2**20), copy_to_host=settings.copy_to_host)
+
+
+def _recovery_budget(handle: InjectionHandle) -> dict[str, Any]:
+    """The mismatch trend of one attached model over its last evaluation passes."""
+    history = handle.pass_history
+    return {"student": type(handle.student).__name__, **mismatch_trend(history).to_dict()}
 
 
 def _computed(meter: AgreementMeter) -> dict[str, Any] | None:

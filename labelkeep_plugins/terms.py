@@ -32,6 +32,9 @@ class LossTerm:
 
     ``per_sample(inputs)`` returns a (batch,) tensor. ``needs_targets`` terms are
     skipped where labels are not seen; ``teacher`` terms get the focal weights.
+    ``on_perturbed_copy`` terms are not taken on the batch's own logits: the composer
+    leaves them out and the injector computes them on a perturbed copy of the batch
+    (``fm``, :mod:`labelkeep_plugins.injector.function_matching`).
     """
 
     name: str
@@ -39,6 +42,7 @@ class LossTerm:
     needs_targets: bool = False
     teacher: bool = True
     description: str = ""
+    on_perturbed_copy: bool = False
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier():
@@ -47,3 +51,6 @@ class LossTerm:
 
 GROUND_TRUTH_TERM = "ce"
 """The term that stands for the user's own loss when labelkeep injects into a loop."""
+
+FUNCTION_MATCHING_TERM = "fm"
+"""KD on a mixed copy of each training batch (Beyer et al.); see ``on_perturbed_copy``."""

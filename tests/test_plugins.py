@@ -20,7 +20,7 @@ from labelkeep_plugins.online_tuner import OnlineTuner
 from labelkeep_plugins.terms import LossTerm
 from labelkeep_plugins.tuners import FixedTuner, make_tuner
 
-BUILTIN_NAMES = {"ce", "kd", "hard", "logit_mse"}
+BUILTIN_NAMES = {"ce", "kd", "hard", "logit_mse", "fm"}
 
 
 def absolute_error(inputs):
@@ -43,7 +43,7 @@ def test_builtins_are_registered():
     terms = plugins.loss_terms()
     assert set(terms) == BUILTIN_NAMES
     assert all(isinstance(term, LossTerm) and term.name == name for name, term in terms.items())
-    assert set(plugins.tuner_factories()) == {"fixed", "online"}
+    assert set(plugins.tuner_factories()) == {"fixed", "online", "softadapt"}
     assert plugins.tuner_factories()["fixed"] is FixedTuner
     assert plugins.tuner_factories()["online"] is OnlineTuner
 

@@ -32,7 +32,7 @@ def test_terms_select_the_space() -> None:
 
 
 def test_unknown_term_lists_the_registered_ones() -> None:
-    with pytest.raises(ConfigError, match=r"'nope'.*registered terms: ce, hard, kd, logit_mse"):
+    with pytest.raises(ConfigError, match=r"'nope'.*registered terms: ce, fm, hard, kd, logit_mse"):
         default_search_space(["nope"])
 
 

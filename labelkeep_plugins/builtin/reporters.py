@@ -1,20 +1,44 @@
-"""The built-in reporter: the run report as a JSON file."""
+"""The built-in reporter: the run report as a JSON file, one line when recovery was cut short."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from labelkeep_plugins.budget import FALLING
 from labelkeep_plugins.hookspecs import hookimpl
 from labelkeep_plugins.jsonfile import write_json
 
 
 @hookimpl
 def labelkeep_run_finished(report: dict[str, Any], path: Path | None) -> None:
+    tell_recovery_budget(report)
     if path is None:
         return
     try:
         write_json(path, report)
     except OSError as exc:
         print(f"labelkeep: cannot write the report to {str(path)!r}: {exc}", file=sys.stderr)
+
+
+def tell_recovery_budget(report: dict[str, Any]) -> None:
+    """One stderr line when mismatches were still falling: the budget, not the loss, fell short.
+
+    Said once per command: under DDP each rank judges its own share of the data, and rank 0
+    speaks for them all.
+    """
+    if os.environ.get("RANK", "0") != "0":
+        return
+    falling = [
+        verdict
+        for verdict in report.get("recovery_budget") or ()
+        if isinstance(verdict, dict) and verdict.get("status") == FALLING
+    ]
+    if not falling:
+        return
+    line = str(falling[0].get("message", ""))
+    if len(falling) > 1:
+        line = f"{falling[0].get('student')}: {line} (and {len(falling) - 1} other model(s))"
+    print(f"labelkeep: {line}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""The built-in loss terms: ce, kd, hard, logit_mse."""
+"""The built-in loss terms: ce, kd, hard, logit_mse, fm."""
 
 from __future__ import annotations
 
@@ -8,7 +8,12 @@ import torch
 import torch.nn.functional as F
 
 from labelkeep_plugins.hookspecs import hookimpl
-from labelkeep_plugins.terms import GROUND_TRUTH_TERM, LossTerm, TermInputs
+from labelkeep_plugins.terms import (
+    FUNCTION_MATCHING_TERM,
+    GROUND_TRUTH_TERM,
+    LossTerm,
+    TermInputs,
+)
 
 
 def ground_truth_ce(inputs: TermInputs) -> torch.Tensor:
@@ -39,6 +44,14 @@ def logit_mse(inputs: TermInputs) -> torch.Tensor:
     return (inputs.student - inputs.reference).pow(2).mean(dim=1)
 
 
+def function_matching_kd(inputs: TermInputs) -> torch.Tensor:
+    """:func:`hinton_kd` on the logits of the perturbed copy (the injector feeds it those).
+
+    A function of its own so that nothing mistakes ``fm`` for ``kd`` on the batch itself.
+    """
+    return hinton_kd(inputs)
+
+
 BUILTIN_TERMS: tuple[LossTerm, ...] = (
     LossTerm(
         GROUND_TRUTH_TERM,
@@ -50,6 +63,14 @@ BUILTIN_TERMS: tuple[LossTerm, ...] = (
     LossTerm("kd", hinton_kd, description="Hinton KD: KL at temperature T, batchmean, times T^2"),
     LossTerm("hard", hard_label_ce, description="cross-entropy to the reference's argmax label"),
     LossTerm("logit_mse", logit_mse, description="mean squared error between logits"),
+    LossTerm(
+        FUNCTION_MATCHING_TERM,
+        function_matching_kd,
+        teacher=False,  # no focal weights (the copy has no labels), and not searched by default
+        on_perturbed_copy=True,
+        description="function matching: KD on a mixup (+ noise) copy of the batch "
+        "(injector, loss-value path only)",
+    ),
 )
 
 

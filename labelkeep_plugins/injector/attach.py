@@ -8,7 +8,9 @@ training forward the extra terms then enter by one of two paths:
 * gradient: otherwise a tensor hook on the logits adds the terms' gradient, scaled
   by the live GradScaler scale, and scales the user's gradient by the ``ce`` weight.
 
-Evaluation forwards (eval mode or no grad) feed the agreement meter instead.
+Evaluation forwards (eval mode or no grad) feed the agreement meter instead. The ``fm``
+term needs two more forwards on a mixed copy of the batch and a loss value to add to: see
+:mod:`labelkeep_plugins.injector.function_matching`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from labelkeep_plugins.budget import PassCount
 from labelkeep_plugins.composer import LossComposer, check_pair
 from labelkeep_plugins.config import FocalConfig, LogitsSelector, LossConfig
 from labelkeep_plugins.errors import LabelkeepError
@@ -31,11 +34,13 @@ from labelkeep_plugins.injector import criterion, scaler
 from labelkeep_plugins.injector.capture import CapturedForward, ForwardRegistry
 from labelkeep_plugins.injector.evaluation import PassMeters
 from labelkeep_plugins.injector.forward_hook import ForwardHook
+from labelkeep_plugins.injector.function_matching import FunctionMatching, held_running_stats
 from labelkeep_plugins.logits import as_logits
 from labelkeep_plugins.metrics import AgreementMeter
 from labelkeep_plugins.plugins import load_plugins
 from labelkeep_plugins.reference import as_reference, move_to
 from labelkeep_plugins.reference_cache import ReferenceCache
+from labelkeep_plugins.terms import FUNCTION_MATCHING_TERM, GROUND_TRUTH_TERM
 
 
 @dataclass
@@ -81,6 +86,7 @@ class InjectionHandle:
     failure goes to the callback and that step passes through unmodified.
     ``reference_cache``: serve the reference's logits for inputs seen before from this
     cache instead of running its forward again (see :mod:`labelkeep_plugins.reference_cache`).
+    ``function_matching``: the ``fm`` term's state; its ``perturb`` makes the batch's copy.
     """
 
     def __init__(
@@ -113,6 +119,7 @@ class InjectionHandle:
         self._registry = ForwardRegistry(self._released.append)
         self._hooks = load_plugins().hook
         self._muted = 0
+        self.function_matching = FunctionMatching(self._student_on_copy, self._reference_logits)
         self._attached = True
         self._forward_hook = student.register_forward_hook(
             ForwardHook(self._on_forward), with_kwargs=True
@@ -140,6 +147,13 @@ class InjectionHandle:
         self._drain()
         return self._meters.last
 
+    @property
+    def pass_history(self) -> tuple[PassCount, ...]:
+        """Per-pass counts of the latest evaluation passes (bounded), oldest first."""
+        self._registry.flush(evaluation_only=True)
+        self._drain()
+        return self._meters.history()
+
     def detach(self) -> None:
         """Remove the forward hook and the shared patches; pending gradient hooks go inert."""
         if not self._attached:
@@ -152,6 +166,7 @@ class InjectionHandle:
         scaler.release()
         self._registry.flush()
         self._drain()
+        self.function_matching.clear()
 
     def __enter__(self) -> InjectionHandle:
         return self
@@ -191,6 +206,9 @@ class InjectionHandle:
         self.stats.forwards += 1
         if training:
             self.stats.training_forwards += 1
+            self.function_matching.capture(
+                entry, args, kwargs, self.composer.loss, logits.device.type
+            )
             logits.register_hook(functools.partial(self._on_gradient, entry))
 
     def _run_reference(
@@ -205,6 +223,12 @@ class InjectionHandle:
         with torch.no_grad():
             output = self.reference(*args, **kwargs)
         return as_logits(output, self.logits_selector).detach()
+
+    def _student_on_copy(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
+        """The student on fm's copy: this hook muted (not captured or counted), BN stats held."""
+        with self.muted(), held_running_stats(self.student):
+            output = self.student(*args, **kwargs)
+        return as_logits(output, self.logits_selector)
 
     @_contained
     def on_criterion(
@@ -221,16 +245,29 @@ class InjectionHandle:
         extra, values = self.composer.extra_per_sample(
             logits, entry.reference, target, checked=True
         )
+        extra = self._with_function_matching(entry, extra, values)
         if not entry.handled:  # several calls on one forward (mixup) count as one step
             entry.handled = True
             self.stats.via_loss_value += 1
+            values[GROUND_TRUTH_TERM] = _batch_mean(loss, reduction, logits.shape[0])
             self._notify_training(entry, values, _labels(target))
         return self.composer.ground_truth_weight * loss + _reduce(extra, reduction)
+
+    def _with_function_matching(
+        self, entry: CapturedForward, extra: torch.Tensor, values: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """``extra`` plus the weighted fm value of this forward's copy (when fm is on)."""
+        fm = self.function_matching.per_sample(entry, self.composer.loss)
+        if fm is None:
+            return extra
+        values[FUNCTION_MATCHING_TERM] = fm.detach().mean()
+        return extra + self.composer.loss.weights[FUNCTION_MATCHING_TERM] * fm
 
     @_contained
     def _on_gradient(self, entry: CapturedForward, grad: torch.Tensor) -> torch.Tensor | None:
         if entry.handled or self._muted or not self._attached:
             return None
+        self.function_matching.skip(entry)  # no loss value to add fm to: warn once, go on
         with torch.enable_grad():
             student = entry.student.detach().requires_grad_(True)
             extra, values = self.composer.extra_per_sample(
@@ -334,6 +371,14 @@ def _forget_compiled_code() -> None:
     dynamo = sys.modules.get("torch._dynamo")
     if dynamo is not None and dynamo.config.skip_nnmodule_hook_guards:
         torch.compiler.reset()
+
+
+def _batch_mean(loss: torch.Tensor, reduction: str, batch: int) -> torch.Tensor:
+    """The user's loss as a detached batch mean, whatever reduction it was computed with."""
+    value = loss.detach().float()
+    if reduction == "none":
+        return value.mean()
+    return value / max(1, batch) if reduction == "sum" else value
 
 
 def _reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:

@@ -1,0 +1,188 @@
+"""Would a longer recovery have helped? The trend of mismatches over the last evaluation passes.
+
+The gain of the label-preserving loss grows with the recovery budget: if mismatches
+with the reference are still falling when recovery ends, more steps would likely cut
+them further. A few passes of a few hundred samples are noisy, so the trend is a
+weighted least-squares slope of the mismatch rate, each pass weighted by its binomial
+counting variance, and only a slope beyond ``z`` standard errors counts as a trend.
+
+Pure arithmetic on per-pass counts (no torch), so it can judge any recorded history.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["BudgetVerdict", "PassCount", "mismatch_trend"]
+
+FALLING, FLAT, RISING = "falling", "flat", "rising"
+TOO_FEW_PASSES, NO_PASSES = "too_few_passes", "no_passes"
+MIN_PASSES = 3  # two points always fit a line exactly: no noise left to judge a slope by
+_ADVICE = "evaluate after each epoch to learn whether a longer recovery would help"
+
+
+@dataclass(frozen=True)
+class PassCount:
+    """The counts of one evaluation pass (negative flips cover its ``labelled`` samples)."""
+
+    pass_id: int
+    samples: int
+    mismatches: int
+    labelled: int = 0
+    negative_flips: int = 0
+
+
+@dataclass(frozen=True)
+class BudgetVerdict:
+    """Whether mismatches were still falling at the end of recovery, and the figures behind it.
+
+    ``slope_per_pass`` is the change of the mismatch rate per evaluation pass and
+    ``standard_error`` its counting-noise standard error (both None without a trend test);
+    ``mismatches`` are the counts of the passes used, of ``samples_per_pass`` samples each.
+    """
+
+    status: str  # falling | flat | rising | too_few_passes | no_passes
+    passes_used: int
+    slope_per_pass: float | None
+    standard_error: float | None
+    mismatches: tuple[int, ...]
+    samples_per_pass: int | None
+    negative_flips: tuple[int, ...] | None  # None unless every pass used had labels
+    mixed_sample_counts: bool  # passes of other sizes (another data set) were left out
+    evaluation_passes: int
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable copy (tuples become lists)."""
+        out = dict(vars(self))
+        out["mismatches"] = list(self.mismatches)
+        if self.negative_flips is not None:
+            out["negative_flips"] = list(self.negative_flips)
+        return out
+
+
+def mismatch_trend(
+    passes: Sequence[PassCount], window: int = 5, *, z: float = 2.0
+) -> BudgetVerdict:
+    """The verdict over the last up to ``window`` passes of one data set, oldest first.
+
+    Passes of a different sample count than the series judged (e.g. a test loader
+    interleaved with the validation loader) are left out, since their rates differ
+    for reasons other than training.
+    """
+    if window < MIN_PASSES:
+        raise ValueError(f"window must be at least {MIN_PASSES} passes, got {window}")
+    passes = [p for p in passes if p.samples > 0]
+    if not passes:
+        return _untested(NO_PASSES, [], 0, f"the script ran no evaluation pass; {_ADVICE}")
+    series = _series(passes)
+    used = series[-window:]
+    if len(used) < MIN_PASSES:
+        return _untested(TOO_FEW_PASSES, used, len(passes), _too_few(passes))
+    slope, error = weighted_slope([(p.mismatches, p.samples) for p in used])
+    status = FALLING if slope < -z * error else RISING if slope > z * error else FLAT
+    labelled = all(p.labelled for p in used)
+    return BudgetVerdict(
+        status=status,
+        passes_used=len(used),
+        slope_per_pass=slope,
+        standard_error=error,
+        mismatches=tuple(p.mismatches for p in used),
+        samples_per_pass=used[-1].samples,
+        negative_flips=tuple(p.negative_flips for p in used) if labelled else None,
+        mixed_sample_counts=len(series) < len(passes),
+        evaluation_passes=len(passes),
+        message=_trend_message(status, used, mixed=len(series) < len(passes)),
+    )
+
+
+def weighted_slope(counts: Sequence[tuple[int, int]]) -> tuple[float, float]:
+    """Slope of the mismatch rate against pass index, and its standard error.
+
+    ``counts`` are (mismatches, samples) per pass. Each rate's variance is the binomial
+    p(1-p)/n with p = (m+1)/(n+2), so a pass with no mismatch still has some noise and
+    never takes all the weight. The passes share one data set, so their noise is
+    correlated and this error errs on the large side: a "falling" verdict is conservative.
+    """
+    if len(counts) < 2:
+        raise ValueError("a slope needs at least two passes")
+    points = []
+    for index, (mismatches, samples) in enumerate(counts):
+        p = (mismatches + 1) / (samples + 2)
+        points.append((index, mismatches / samples, samples / (p * (1 - p))))
+    total = sum(w for _, _, w in points)
+    x_mean = sum(w * x for x, _, w in points) / total
+    y_mean = sum(w * y for _, y, w in points) / total
+    sxx = sum(w * (x - x_mean) ** 2 for x, _, w in points)
+    sxy = sum(w * (x - x_mean) * (y - y_mean) for x, y, w in points)
+    return sxy / sxx, 1 / math.sqrt(sxx)
+
+
+def _series(passes: list[PassCount]) -> list[PassCount]:
+    """The passes of one data set: the last pass's sample count, else the most frequent one.
+
+    The fallback covers a final test pass after per-epoch validation: the validation
+    series still tells whether recovery had levelled off.
+    """
+    same = [p for p in passes if p.samples == passes[-1].samples]
+    if len(same) >= MIN_PASSES:
+        return same
+    frequency = Counter(p.samples for p in passes)
+    recent = {p.samples: i for i, p in enumerate(passes)}  # ties go to the more recent size
+    size = max(frequency, key=lambda s: (frequency[s], recent[s]))
+    other = [p for p in passes if p.samples == size]
+    return other if len(other) >= MIN_PASSES else same
+
+
+def _untested(status: str, used: list[PassCount], seen: int, message: str) -> BudgetVerdict:
+    labelled = bool(used) and all(p.labelled for p in used)
+    return BudgetVerdict(
+        status=status,
+        passes_used=len(used),
+        slope_per_pass=None,
+        standard_error=None,
+        mismatches=tuple(p.mismatches for p in used),
+        samples_per_pass=used[-1].samples if used else None,
+        negative_flips=tuple(p.negative_flips for p in used) if labelled else None,
+        mixed_sample_counts=len(used) < seen,
+        evaluation_passes=seen,
+        message=message,
+    )
+
+
+def _too_few(passes: list[PassCount]) -> str:
+    count = len(passes)
+    if count < MIN_PASSES:
+        return f"the script evaluated {count} time{'s' if count > 1 else ''}; {_ADVICE}"
+    sizes = ", ".join(str(size) for size in sorted({p.samples for p in passes}))
+    return (
+        f"the script evaluated {count} times but on data of different sizes ({sizes} samples); "
+        "evaluate the same data after each epoch to learn whether a longer recovery would help"
+    )
+
+
+def _trend_message(status: str, used: list[PassCount], *, mixed: bool) -> str:
+    """One plain sentence: what the counts did, and what it means for the budget."""
+    first, last = used[0].mismatches, used[-1].mismatches
+    figures = f"{first} → {last} of {used[-1].samples} samples"
+    if mixed:
+        figures += "; passes of other sizes were left out"
+    span = f"over the last {len(used)} evaluation passes ({figures})"
+    if status == FALLING:
+        return (
+            f"mismatches with the reference were still falling {span}: "
+            "a longer recovery would likely cut them further"
+        )
+    if status == RISING:
+        return (
+            f"mismatches with the reference were rising {span}: the student is drifting "
+            "away from its reference, and a longer recovery would not cut them"
+        )
+    return (
+        f"mismatches with the reference levelled off {span}, within counting noise: "
+        "a longer recovery is unlikely to cut them much"
+    )
