@@ -39,15 +39,23 @@ def write(tmp_path: Path, data: object) -> Path:
 
 def test_every_setting_on_every_cell_and_seed_the_first_setting_first(tmp_path, fake, capsys):
     settings = write(tmp_path, {"plain": {"weights": {"ce": 1.0}}, "online": {"tuner": "online"}})
-    args = [str(settings), "--seeds", "0,1", "--cells", "nni/digits", "--out", str(tmp_path / "o")]
-    assert sweep.main(args) == 0
-    assert fake.calls[:2] == [
-        ("nni/digits", "plain", 0, "fixed"),
-        ("nni/digits", "plain", 1, "fixed"),
+    args = [
+        str(settings),
+        "--seeds",
+        "0,1",
+        "--cells",
+        "nni/digits/heavy",
+        "--out",
+        str(tmp_path / "o"),
     ]
-    assert sorted(fake.calls[2:]) == [("nni/digits", "online", s, "online") for s in (0, 1)]
+    assert sweep.main(args) == 0
+    assert sorted(fake.calls[:2]) == [  # two at a time: either plain run may start first
+        ("nni/digits/heavy", "plain", 0, "fixed"),
+        ("nni/digits/heavy", "plain", 1, "fixed"),
+    ]
+    assert sorted(fake.calls[2:]) == [("nni/digits/heavy", "online", s, "online") for s in (0, 1)]
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == "nni/digits"
+    assert out[0] == "nni/digits/heavy"
     assert out[1].split()[:4] == ["plain", "mismatches", "10.5", "[10,"]
     assert sweep.main(args) == 0  # read back: nothing runs again
     assert len(fake.calls) == 4
@@ -56,7 +64,9 @@ def test_every_setting_on_every_cell_and_seed_the_first_setting_first(tmp_path, 
 def test_a_failed_run_is_shown_as_failed(tmp_path, fake, capsys):
     settings = write(tmp_path, {"plain": {"weights": {"ce": 1.0}}, "broken": {}})
     assert (
-        sweep.main([str(settings), "--seeds", "0", "--cells", "nni/digits", "--out", str(tmp_path)])
+        sweep.main(
+            [str(settings), "--seeds", "0", "--cells", "nni/digits/heavy", "--out", str(tmp_path)]
+        )
         == 0
     )
     assert "broken           failed: exit code 1" in capsys.readouterr().out
@@ -78,5 +88,18 @@ def test_bad_settings_are_refused_before_anything_runs(tmp_path, fake, capsys, d
 
 def test_an_unknown_cell_lists_the_valid_ones(tmp_path, fake, capsys):
     settings = write(tmp_path, {"plain": {}})
-    assert sweep.main([str(settings), "--cells", "nni/imagenet"]) == 2
-    assert "valid cells: torch-pruning/mnist1d" in capsys.readouterr().err
+    assert sweep.main([str(settings), "--cells", "nni/imagenet/heavy"]) == 2
+    assert "valid cells: torch-pruning/mnist1d/moderate" in capsys.readouterr().err
+
+
+def test_a_budget_keeps_its_runs_apart_in_the_folder_the_bench_uses(tmp_path, fake):
+    from labelkeep_plugins.bench.plan import RunKey
+
+    settings = write(tmp_path, {"plain": {"weights": {"ce": 1.0}}})
+    args = [str(settings), "--seeds", "0", "--cells", "nni/digits/heavy", "--out", str(tmp_path)]
+    assert sweep.main([*args, "--budget", "3"]) == 0
+    assert sweep.main(args) == 0  # x1 is another run, not the x3 one read back
+    assert [call[0] for call in fake.calls] == ["nni/digits/heavy/x3", "nni/digits/heavy"]
+    x3 = RunKey("nni/digits/heavy", "plain", 0, budget=3).directory(tmp_path)
+    assert (x3 / sweep.RESULT_FILE).exists()
+    assert (RunKey("nni/digits/heavy", "plain", 0).directory(tmp_path) / sweep.RESULT_FILE).exists()

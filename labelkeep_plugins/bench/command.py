@@ -17,24 +17,21 @@ from labelkeep_plugins.bench.cells import (
     DATASETS,
     FIRST_VALIDATION_SEED,
     FRAMEWORKS,
+    LEVELS,
     PROFILES,
+    Cell,
     Profile,
     parse_names,
     select_cells,
     unavailable,
 )
-from labelkeep_plugins.bench.plan import (
-    DEFAULT,
-    ONLINE,
-    PERTURBED,
-    PLAIN,
-    TUNED,
-    BenchSettings,
-)
+from labelkeep_plugins.bench.plan import KNOWN_METHODS, BenchSettings
+from labelkeep_plugins.bench.rows import choose_methods
 from labelkeep_plugins.bench.store import RESULTS_FILE, BenchRecord, check_same, load_record
 from labelkeep_plugins.errors import ConfigError
 
 DEFAULT_OUT = "labelkeep-bench"
+DEFAULT_JOBS = 2
 ALL_FAILED = 1
 
 
@@ -42,21 +39,36 @@ def add_bench_command(commands: Any) -> None:
     """Register ``labelkeep bench`` on the ``labelkeep`` parser's subparsers."""
     bench = commands.add_parser(
         "bench",
-        help="plain vs labelkeep (default, tuned) recovery for every framework and dataset",
+        help="plain vs labelkeep recovery for every framework, dataset and compression level",
         description="Run the bench's user-style scripts (torch-pruning, NNI, Brevitas on "
-        "MNIST-1D and digits) under labelkeep run: plain recovery, labelkeep's defaults and "
-        "labelkeep tune's best configuration (searched on a validation seed and split), on "
-        "several evaluation seeds; print and write the table, JSON, Markdown and a plot. "
-        "--cost measures the step time and memory of an instrumented loop instead.",
+        "MNIST-1D and digits, each at a moderate and a heavy compression) under labelkeep "
+        "run: plain recovery, its noise floor, labelkeep's defaults and SoftAdapt (and, with "
+        "--full, the tuned and fm rows, 3x the recovery epochs and a long-distillation "
+        "limit), on several evaluation seeds; print and write the table, JSON, Markdown and "
+        "a plot. --cost measures the step time and memory of an instrumented loop instead.",
     )
-    bench.add_argument("--quick", action="store_true", help="a smoke run: under 2 minutes")
+    size = bench.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="a smoke run: under 2 minutes")
+    size.add_argument("--full", action="store_true", help="the whole grid (about 2 hours)")
     bench.add_argument("--cost", action="store_true", help="measure step time and memory only")
     bench.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     bench.add_argument("--resume", action="store_true", help="continue the bench in --out")
     bench.add_argument("--frameworks", nargs="+", help=f"any of {', '.join(FRAMEWORKS)}")
     bench.add_argument("--datasets", nargs="+", help=f"any of {', '.join(DATASETS)}")
-    bench.add_argument("--seeds", type=int, help="evaluation seeds per cell (default 3)")
-    bench.add_argument("--trials", type=int, help="tuning trials per cell; 0: no tuned row")
+    bench.add_argument("--levels", nargs="+", help=f"any of {', '.join(LEVELS)}")
+    bench.add_argument("--methods", nargs="+", help=f"rows, any of {', '.join(KNOWN_METHODS)}")
+    bench.add_argument("--budgets", nargs="+", help="x the recovery epochs, e.g. 1 3")
+    bench.add_argument(
+        "--seeds", type=int, help="evaluation seeds per cell (default 3, --full 5, --quick 1)"
+    )
+    bench.add_argument(
+        "--trials",
+        type=int,
+        help="tuning trials per cell (default 0, --full 8, --quick 1); 0: no tuned row",
+    )
+    bench.add_argument(
+        "--jobs", type=int, default=DEFAULT_JOBS, help=f"runs at a time (default {DEFAULT_JOBS})"
+    )
     bench.set_defaults(handler=bench_from_options)
 
 
@@ -67,17 +79,8 @@ def bench_from_options(options: argparse.Namespace) -> int:
         from labelkeep_plugins.bench.cost import run_cost
 
         return run_cost(out, quick=options.quick, stream=sys.stderr)
-    profile = PROFILES["quick" if options.quick else "default"]
-    frameworks = parse_names(options.frameworks, list(FRAMEWORKS), "framework")
-    datasets = parse_names(options.datasets, list(DATASETS), "dataset")
-    seeds = _count("--seeds", options.seeds, profile.seeds, minimum=1)
-    trials = _count("--trials", options.trials, profile.trials, minimum=0)
-    cells = select_cells(profile, frameworks, datasets)
-    if not cells:
-        raise ConfigError(
-            "no bench cell matches the given --frameworks and --datasets; cells: "
-            + ", ".join(cell.key for cell in CELLS)
-        )
+    profile = PROFILES["quick" if options.quick else "full" if options.full else "default"]
+    settings_args, cells = _checked(options, profile)
     ensure_writable(out)
     skipped = unavailable(cells)
     for key, why in skipped.items():
@@ -86,13 +89,53 @@ def bench_from_options(options: argparse.Namespace) -> int:
     if not runnable:
         print("labelkeep bench: nothing to run: every selected cell is skipped", file=sys.stderr)
         return ALL_FAILED
-    methods, notes = _methods(trials)
-    settings = _settings(profile, runnable, methods, seeds, trials)
+    methods, notes = choose_methods(profile, settings_args["requested"], settings_args["trials"])
+    settings = _settings(profile, runnable, methods, settings_args)
     record = _record(settings, out, options.resume)
     record.skipped, record.notes = skipped, notes
     from labelkeep_plugins.bench.session import run_bench
 
-    return run_bench(record, {c.key: c for c in runnable}, out, _command_words(options))
+    cells_by_key = {c.key: c for c in runnable}
+    return run_bench(record, cells_by_key, out, _command_words(options), jobs=options.jobs)
+
+
+def _checked(options: argparse.Namespace, profile: Profile) -> tuple[dict[str, Any], list[Cell]]:
+    """Every option checked (names, counts, budgets) before anything is written or run."""
+    frameworks = parse_names(options.frameworks, list(FRAMEWORKS), "framework")
+    datasets = parse_names(options.datasets, list(DATASETS), "dataset")
+    levels = parse_names(options.levels, list(LEVELS), "level")
+    checked = {
+        "requested": parse_names(options.methods, list(KNOWN_METHODS), "method"),
+        "seeds": _count("--seeds", options.seeds, profile.seeds, minimum=1),
+        "trials": _count("--trials", options.trials, profile.trials, minimum=0),
+        "budgets": parse_budgets(options.budgets) or profile.budgets,
+    }
+    _count("--jobs", options.jobs, DEFAULT_JOBS, minimum=1)
+    cells = select_cells(profile, frameworks, datasets, levels)
+    if not cells:
+        raise ConfigError(
+            "no bench cell matches the given --frameworks, --datasets and --levels; cells: "
+            + ", ".join(cell.key for cell in CELLS)
+        )
+    return checked, cells
+
+
+def parse_budgets(values: list[str] | None) -> tuple[int, ...]:
+    """``--budgets 1 3`` or ``1,3``: whole multiples of the script's recovery epochs."""
+    words = [w.strip() for value in values or () for w in value.split(",") if w.strip()]
+    budgets = []
+    for word in words:
+        try:
+            budget = int(word)
+        except ValueError:
+            budget = 0
+        if budget < 1:
+            raise ConfigError(
+                f"--budgets takes whole numbers >= 1 (multiples of the script's recovery "
+                f"epochs), got {word!r}"
+            )
+        budgets.append(budget)
+    return tuple(sorted(set(budgets)))
 
 
 def ensure_writable(out: Path) -> None:
@@ -116,40 +159,21 @@ def _count(flag: str, given: int | None, default: int, *, minimum: int) -> int:
     return value
 
 
-def _methods(trials: int) -> tuple[tuple[str, ...], list[str]]:
-    """plain, perturbed plain (the noise floor), default, tuned (unless --trials 0), online
-    (only if such a tuner is registered)."""
-    from labelkeep_plugins.plugins import tuner_factories
-
-    methods, notes = [PLAIN, PERTURBED, DEFAULT], []
-    if trials > 0:
-        methods.append(TUNED)
-    else:
-        notes.append("no tuned row: --trials 0")
-    if ONLINE in tuner_factories():
-        methods.append(ONLINE)
-    else:
-        notes.append(
-            "no online row: no tuner named 'online' is registered (labelkeep plugins lists "
-            "the tuners); it appears here once one is"
-        )
-    return tuple(methods), notes
-
-
 def _settings(
-    profile: Profile, cells: list[Any], methods: tuple[str, ...], seeds: int, trials: int
+    profile: Profile, cells: list[Cell], methods: tuple[str, ...], checked: dict[str, Any]
 ) -> BenchSettings:
     return BenchSettings(
         profile=profile.name,
         cells=tuple(cell.key for cell in cells),
         methods=methods,
-        seeds=tuple(range(seeds)),
-        trials=trials,
+        seeds=tuple(range(checked["seeds"])),
+        trials=checked["trials"],
         epochs=profile.epochs,
         pretrain_epochs=profile.pretrain_epochs,
         validation_seeds=tuple(
             range(FIRST_VALIDATION_SEED, FIRST_VALIDATION_SEED + profile.validation_seeds)
         ),
+        budgets=checked["budgets"],
     )
 
 
@@ -170,8 +194,8 @@ def _record(settings: BenchSettings, out: Path, resume: bool) -> BenchRecord:
 
 def _command_words(options: argparse.Namespace) -> list[str]:
     """The options as a command line, for the record and the Markdown file."""
-    words = ["--quick"] if options.quick else []
-    for flag in ("frameworks", "datasets"):
+    words = ["--quick"] if options.quick else ["--full"] if options.full else []
+    for flag in ("frameworks", "datasets", "levels", "methods", "budgets"):
         if getattr(options, flag):
             words += [f"--{flag}", *getattr(options, flag)]
     for flag in ("seeds", "trials"):

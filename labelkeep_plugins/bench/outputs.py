@@ -8,9 +8,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from labelkeep_plugins.bench.aggregate import MethodSummary, headline, summarize
-from labelkeep_plugins.bench.plan import PLAIN
-from labelkeep_plugins.bench.render import headline_lines, markdown_document, text_table
+from labelkeep_plugins.bench.aggregate import MethodSummary, summarize
+from labelkeep_plugins.bench.headline import headlines as headline_groups
+from labelkeep_plugins.bench.plan import LIMIT, LIMIT_BUDGET, TUNED
+from labelkeep_plugins.bench.render import LEGEND, headline_lines, markdown_document, text_table
+from labelkeep_plugins.bench.stats import BOOTSTRAP_SEED, CONFIDENCE, RESAMPLES
 from labelkeep_plugins.bench.store import BenchRecord
 
 MARKDOWN_FILE = "results.md"
@@ -25,11 +27,10 @@ class Outputs:
 
     def rows(self) -> list[MethodSummary]:
         settings = self.record.settings
-        return summarize(self.record.runs, settings.cells, settings.methods)
+        return summarize(self.record.runs, settings.cells, settings.methods, settings.budgets)
 
     def headlines(self, rows: Sequence[MethodSummary]) -> list[dict[str, Any]]:
-        methods = [m for m in self.record.settings.methods if m != PLAIN]
-        return [headline(rows, method) for method in methods]
+        return headline_groups(rows, self.record.settings.methods)
 
     def save(self) -> None:
         rows = self.rows()
@@ -38,6 +39,12 @@ class Outputs:
             "command": self.command,
             "rows": [row.to_dict() for row in rows],
             "headline": headlines,
+            "bootstrap": {
+                "resamples": RESAMPLES,
+                "confidence": CONFIDENCE,
+                "seed": BOOTSTRAP_SEED,
+                "paired": True,
+            },
         }
         self.record.save(self.out, summary)
         document = markdown_document(rows, headlines, self.context(), self.tuned_settings())
@@ -49,14 +56,23 @@ class Outputs:
             f"Command: `{self.command}` ({s.profile} profile)",
             "",
             f"Evaluation seeds {', '.join(map(str, s.seeds))} on each script's test split; "
-            f"{s.epochs} recovery epochs after {s.pretrain_epochs} pretraining epochs. "
-            f"Tuned: {s.trials} trial(s) of `labelkeep tune` per cell on seed"
-            f"{'s' if len(s.validation_seeds) > 1 else ''} "
-            f"{', '.join(map(str, s.validation_seeds))} (summed) and the validation split "
-            "(never the test split).",
-            "Reduction factors: sum over seeds of plain's count / the method's. "
-            "'*': mean accuracy below plain's.",
+            f"{s.pretrain_epochs} pretraining epochs, then recovery budgets "
+            + ", ".join(f"x{b} ({b * s.epochs} epochs)" for b in s.budgets)
+            + ".",
         ]
+        if LIMIT in s.methods:
+            lines.append(
+                f"Limit: pure distillation (KD at temperature 4, no ground truth) for "
+                f"{LIMIT_BUDGET * s.epochs} epochs, what recovery reaches in the cell at all."
+            )
+        if TUNED in s.methods:
+            lines.append(
+                f"Tuned: {s.trials} trial(s) of `labelkeep tune` per cell at x1 on seed"
+                f"{'s' if len(s.validation_seeds) > 1 else ''} "
+                f"{', '.join(map(str, s.validation_seeds))} (summed) and the validation split "
+                "(never the test split); every budget runs the setting found."
+            )
+        lines.append(f"{LEGEND}.")
         lines += [f"Skipped {cell}: {why}" for cell, why in self.record.skipped.items()]
         return lines + list(self.record.notes)
 
@@ -87,7 +103,7 @@ class Outputs:
             print(line, file=stream)
         for row in rows:
             for note in row.notes:
-                print(f"note: {row.cell} {row.method}: {note}", file=stream)
+                print(f"note: {row.cell} x{row.budget} {row.method}: {note}", file=stream)
         for cell, why in self.record.skipped.items():
             print(f"skipped: {cell}: {why}", file=stream)
         for note in self.record.notes:

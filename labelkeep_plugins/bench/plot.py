@@ -1,4 +1,10 @@
-"""``mismatches.png``: mismatches per method and cell, and per-class mismatch rates.
+"""``mismatches.png``: per budget, mismatches per cell and row, and reductions against plain.
+
+Two panels per budget, stacked so that 12 cells stay readable: the mismatch rate (a rate,
+not a count, so that cells with test sets of different sizes share an axis; error bars:
+sd over seeds) and the reduction factor against plain (error bars: the paired bootstrap
+95% interval). Error bars only with more than one seed. The limit row (10x epochs) is
+drawn with the x1 rows, the budget it is the limit of.
 
 matplotlib is optional (``pip install 'labelkeep[bench]'``): without it the plot is
 skipped with one line and everything else is written.
@@ -6,11 +12,13 @@ skipped with one line and everything else is written.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from labelkeep_plugins.bench.aggregate import MethodSummary
-from labelkeep_plugins.bench.plan import METHOD_LABELS
+from labelkeep_plugins.bench.plan import KNOWN_METHODS, LIMIT, METHOD_LABELS, PLAIN
 
 PLOT_FILE = "mismatches.png"
 MISSING = (
@@ -29,62 +37,91 @@ def write_plot(rows: Sequence[MethodSummary], out: Path) -> tuple[Path | None, s
     except ImportError:
         return None, MISSING
     cells = list(dict.fromkeys(r.cell for r in rows))
-    methods = list(dict.fromkeys(r.method for r in rows))
     if not cells:
         return None, "plot skipped: no finished runs"
-    columns = min(3, len(cells))
-    grid_rows = 1 + -(-len(cells) // columns)
-    figure = plt.figure(figsize=(5 * columns + 2, 3.8 * grid_rows), layout="constrained")
-    grid = figure.add_gridspec(grid_rows, columns)
-    _mismatch_bars(figure.add_subplot(grid[0, :]), rows, cells, methods)
-    for index, cell in enumerate(cells):
-        axis = figure.add_subplot(grid[1 + index // columns, index % columns])
-        _per_class(axis, [r for r in rows if r.cell == cell], methods, cell)
+    budgets = sorted({panel_budget(r) for r in rows})
+    width = max(8.0, 0.9 * len(cells) + 3)
+    figure, axes = plt.subplots(
+        2 * len(budgets), 1, figsize=(width, 4.2 * 2 * len(budgets)), layout="constrained"
+    )
+    for index, budget in enumerate(budgets):
+        chosen = [r for r in rows if panel_budget(r) == budget]
+        _mismatch_bars(axes[2 * index], chosen, cells, budget)
+        _reduction_bars(axes[2 * index + 1], chosen, cells, budget)
     path = out / PLOT_FILE
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path, f"wrote {path}"
 
 
-def _mismatch_bars(axis, rows, cells, methods) -> None:
-    """Grouped bars: mean mismatch rate (error bar: spread over seeds) per cell and method.
+def panel_budget(row: MethodSummary) -> int:
+    return 1 if row.method == LIMIT else row.budget
 
-    Rates, not counts, so that cells with test sets of different sizes share one axis.
-    """
+
+def _mismatch_bars(axis: Any, rows: Sequence[MethodSummary], cells: list[str], budget: int) -> None:
+    """Grouped bars: mean mismatch rate per cell and row (sd over seeds when n > 1)."""
+    bars = [
+        (r.cell, r.method, r.mismatch_rate.mean, _sd(r))
+        for r in rows
+        if r.mismatch_rate.mean is not None
+    ]
+    _grouped(axis, bars, cells)
+    axis.set_ylabel("mismatches, % of test samples")
+    spread = "mean ± sd over seeds" if any(b[3] is not None for b in bars) else "one seed"
+    axis.set_title(f"Mismatches with the reference, recovery budget x{budget} ({spread})")
+    _legend(axis)
+
+
+def _reduction_bars(
+    axis: Any, rows: Sequence[MethodSummary], cells: list[str], budget: int
+) -> None:
+    """Grouped bars: plain's mismatches over the row's (bootstrap 95% interval when n > 1)."""
+    bars = []
+    for r in rows:
+        value, bounds = r.versus.mismatch_reduction, r.versus.mismatch_reduction_ci
+        if r.method == PLAIN or value is None or math.isinf(value):
+            continue
+        error = None
+        if bounds is not None and not any(math.isinf(b) for b in bounds):
+            error = (max(value - bounds[0], 0.0), max(bounds[1] - value, 0.0))
+        bars.append((r.cell, r.method, value, error))
+    _grouped(axis, bars, cells)
+    axis.axhline(1.0, color="black", linewidth=0.8, linestyle="--", label="plain (1x)")
+    axis.set_ylabel("mismatch reduction vs plain (x)")
+    spread = "bootstrap 95% CI" if any(b[3] is not None for b in bars) else "one seed"
+    axis.set_title(f"Mismatch reduction against plain recovery, budget x{budget} ({spread})")
+    _legend(axis)
+
+
+def _grouped(axis: Any, bars: list[tuple[str, str, float, Any]], cells: list[str]) -> None:
+    """Bars grouped by cell, one colour per row; ``error``: sd or (below, above) or None."""
+    methods = list(dict.fromkeys(method for _, method, _, _ in bars))
     width = 0.8 / max(len(methods), 1)
     for m_index, method in enumerate(methods):
-        xs, means, sds = [], [], []
-        for c_index, cell in enumerate(cells):
-            row = next((r for r in rows if r.cell == cell and r.method == method), None)
-            if row is None or row.mismatch_rate.mean is None:
-                continue
-            xs.append(c_index + (m_index - (len(methods) - 1) / 2) * width)
-            means.append(row.mismatch_rate.mean)
-            sds.append(row.mismatch_rate.sd or 0.0)
-        axis.bar(xs, means, width, yerr=sds, capsize=3, label=METHOD_LABELS.get(method, method))
-    axis.set_xticks(range(len(cells)), cells)
-    axis.set_ylabel("mismatches, % of test samples")
-    axis.set_title("Mismatches per framework and dataset (mean ± sd over seeds)")
-    axis.legend()
+        mine = [b for b in bars if b[1] == method]
+        xs = [cells.index(c) + (m_index - (len(methods) - 1) / 2) * width for c, *_ in mine]
+        values = [b[2] for b in mine]
+        errors = [b[3] for b in mine]
+        yerr = None
+        if any(e is not None for e in errors):
+            pairs = [e if isinstance(e, tuple) else (e or 0.0, e or 0.0) for e in errors]
+            yerr = [[p[0] for p in pairs], [p[1] for p in pairs]]
+        label = METHOD_LABELS.get(method, method)
+        colour = _colour(method)  # the same row has the same colour in every panel
+        axis.bar(xs, values, width, yerr=yerr, capsize=2, label=label, color=colour)
+    axis.set_xticks(range(len(cells)), [c.replace("/", "\n") for c in cells], fontsize=7)
+    axis.set_xlabel("cell: framework, dataset, compression level")
 
 
-def _per_class(axis, rows, methods, cell: str) -> None:
-    """Per-class mismatch rate (mean over seeds), one line per method."""
-    for method in methods:
-        row = next((r for r in rows if r.method == method), None)
-        if row is None or not row.per_class:
-            continue
-        labels = list(row.per_class)
-        wide = method == methods[0]  # plain: drawn wide and pale, so equal lines stay visible
-        axis.plot(
-            labels,
-            [row.per_class[k] for k in labels],
-            marker="o",
-            label=method,
-            linewidth=4 if wide else 1.5,
-            alpha=0.45 if wide else 1.0,
-        )
-    axis.set_title(f"{cell}: per-class mismatch rate", fontsize=9)
-    axis.set_xlabel("class (true label)", fontsize=8)
-    axis.tick_params(labelsize=7)
-    axis.legend(fontsize=7)
+def _colour(method: str) -> str:
+    index = KNOWN_METHODS.index(method) if method in KNOWN_METHODS else len(KNOWN_METHODS)
+    return f"C{index % 10}"
+
+
+def _legend(axis: Any) -> None:
+    """Beside the panel, so that it never hides a bar."""
+    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+
+
+def _sd(row: MethodSummary) -> float | None:
+    return row.mismatch_rate.sd if row.mismatch_rate.n > 1 else None

@@ -10,45 +10,57 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from labelkeep_plugins.bench.aggregate import MethodSummary, Spread
+from labelkeep_plugins.bench.aggregate import ACCURACY_TOLERANCE, MethodSummary, Spread
 from labelkeep_plugins.bench.cells import CELLS
-from labelkeep_plugins.bench.plan import METHOD_LABELS, PLAIN
+from labelkeep_plugins.bench.plan import LIMIT, METHOD_LABELS, PLAIN, TUNED
 
 HEADERS = (
     "cell",
     "model, compression",
+    "budget",
     "method",
     "seeds",
     "accuracy %",
+    "vs guard",
     "mismatches",
     "neg. flips",
-    "mism. red.",
-    "flip red.",
+    "mism. red. [95% CI]",
+    "flip red. [95% CI]",
+    "gap closed",
 )
 TARGETS = (
     "targets (issue 5): tuned median mismatch reduction >= 2x, best cell >= 4.1x; "
     "negative flips best cell >= 5.7x; accuracy not below plain in any cell"
 )
+LEGEND = (
+    f"'*': mean accuracy more than {ACCURACY_TOLERANCE} points below the guard, "
+    "min(plain's, the reference's); reductions: mean plain count / mean row count on the "
+    "paired seeds, [paired bootstrap 95% interval over seeds]; gap closed: "
+    "(plain - row) / (plain - limit) mismatches"
+)
 
 
 def table_rows(rows: Sequence[MethodSummary]) -> list[tuple[str, ...]]:
-    """One tuple of cell texts per row; '*' marks a mean accuracy below plain's."""
+    """One tuple of cell texts per row; '*' marks a mean accuracy below the guard."""
     shapes = {cell.key: f"{cell.shape}, {cell.compression}" for cell in CELLS}
     lines = []
     for row in rows:
-        below = row.accuracy_vs_plain is not None and row.accuracy_vs_plain < 0
+        versus, compared = row.versus, row.method != PLAIN
         seeds = f"{len(row.seeds)}" + (f" ({row.failed} failed)" if row.failed else "")
         lines.append(
             (
                 row.cell,
                 shapes.get(row.cell, ""),
+                f"x{row.budget}",
                 METHOD_LABELS.get(row.method, row.method),
                 seeds,
-                spread(row.accuracy, 1) + ("*" if below else ""),
+                spread(row.accuracy, 1) + ("*" if row.below_guard else ""),
+                signed(versus.accuracy_vs_guard),
                 spread(row.mismatches, 1),
                 spread(row.negative_flips, 1),
-                "-" if row.method == PLAIN else factor(row.mismatch_reduction),
-                "-" if row.method == PLAIN else factor(row.flip_reduction),
+                interval(versus.mismatch_reduction, versus.mismatch_reduction_ci, compared),
+                interval(versus.flip_reduction, versus.flip_reduction_ci, compared),
+                percent(versus.gap_closed) if row.method not in (PLAIN, LIMIT) else "-",
             )
         )
     return lines
@@ -76,21 +88,25 @@ def markdown_table(rows: Sequence[MethodSummary]) -> str:
 
 
 def headline_lines(headlines: Sequence[Mapping[str, Any]]) -> list[str]:
-    """One sentence per method across cells, then the issue's targets."""
+    """One sentence per method, budget and level across cells, then the issue's targets."""
     lines = []
     for h in headlines:
         if not h.get("cells"):
             continue
-        not_reduced = ", ".join(h["cells_not_reduced"]) or "none"
-        below = ", ".join(h["cells_below_plain_accuracy"]) or "none"
+        level = "all levels" if h.get("level") in (None, "all") else f"{h['level']} compression"
+        gap = h.get("median_gap_closed")
         lines.append(
-            f"{METHOD_LABELS.get(h['method'], h['method'])} over {h['cells']} cell(s): "
-            f"median mismatch reduction {factor(h['median_mismatch_reduction'])}, best "
-            f"{factor(h['best_mismatch_reduction'])} ({h['best_mismatch_cell']}); best "
-            f"negative-flip reduction {factor(h['best_flip_reduction'])} ({h['best_flip_cell']}); "
-            f"not reduced (<= 1x): {not_reduced}; mean accuracy below plain: {below}"
+            f"{METHOD_LABELS.get(h['method'], h['method'])}, x{h['budget']}, {level}, over "
+            f"{h['cells']} cell(s): median mismatch reduction "
+            f"{factor(h['median_mismatch_reduction'])}, median negative-flip reduction "
+            f"{factor(h['median_flip_reduction'])}"
+            + (f", median gap to the limit closed {percent(gap)}" if gap is not None else "")
+            + f"; best {factor(h['best_mismatch_reduction'])} ({h['best_mismatch_cell']}); "
+            f"not reduced (<= 1x): {', '.join(h['cells_not_reduced']) or 'none'}; below the "
+            f"accuracy guard: {', '.join(h['cells_below_accuracy_guard']) or 'none'}"
         )
-    return [*lines, TARGETS] if lines else []
+    tuned = any(h.get("method") == TUNED and h.get("cells") for h in headlines)
+    return [*lines, TARGETS] if tuned else lines
 
 
 def spread(value: Spread, digits: int) -> str:
@@ -109,6 +125,24 @@ def factor(value: float | None) -> str:
     return f"{value:.2f}x"
 
 
+def interval(value: float | None, bounds: tuple[float, float] | None, shown: bool) -> str:
+    """``1.52x [1.20, 1.91]``; no interval with one seed; '-' for plain itself."""
+    if not shown:
+        return "-"
+    if bounds is None or value is None:
+        return factor(value)
+    low, high = (("inf" if math.isinf(b) else f"{b:.2f}") for b in bounds)
+    return f"{factor(value)} [{low}, {high}]"
+
+
+def signed(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.1f}"
+
+
+def percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0f}%"
+
+
 def markdown_document(
     rows: Sequence[MethodSummary],
     headlines: Sequence[Mapping[str, Any]],
@@ -120,7 +154,7 @@ def markdown_document(
     parts += [f"- {line}" for line in headline_lines(headlines)]
     if appendix:
         parts += ["", *appendix]
-    notes = [f"- {r.cell} {r.method}: {n}" for r in rows for n in r.notes]
+    notes = [f"- {r.cell} x{r.budget} {r.method}: {n}" for r in rows for n in r.notes]
     if notes:
         parts += ["", "Notes:", *notes]
     return "\n".join(parts) + "\n"

@@ -35,8 +35,9 @@ def run_bench(
     stream: TextIO | None = None,
     run: RunFunction | None = None,
     tune: TuneFunction | None = None,
+    jobs: int = 1,
 ) -> int:
-    """Run (or resume) the bench in ``out``; returns the exit code of ``labelkeep bench``.
+    """Run (or resume) the bench in ``out``, ``jobs`` runs at a time; returns the exit code.
 
     ``run`` and ``tune`` default to the real child-process runner and ``labelkeep tune``
     (looked up at call time, so tests can replace them).
@@ -44,16 +45,12 @@ def run_bench(
     err = stream or sys.stderr
     outputs = Outputs(record, out, argv)
     progress = Progress(0, err)
+    tune_stream = PrefixedStream(err, "    tune | ")
+    run, tune = run or execute_run, tune or tune_cell
     orchestrator = Orchestrator(
-        record,
-        cells,
-        out,
-        progress,
-        outputs.save,
-        run=run or execute_run,
-        tune=tune or tune_cell,
-        tune_stream=PrefixedStream(err, "    tune | "),
+        record, cells, out, progress, outputs.save, run=run, tune=tune, tune_stream=tune_stream
     )
+    orchestrator.jobs = max(1, jobs)
     _start(orchestrator, outputs, progress)
     try:
         with single_threaded_children():
@@ -98,10 +95,11 @@ def _start(orchestrator: Orchestrator, outputs: Outputs, progress: Progress) -> 
 def _introduce(record: BenchRecord, out: Path, progress: Progress, done: int) -> None:
     s = record.settings
     resumed = f"; resuming: {done} step(s) already done" if done else ""
+    budgets = ", ".join(f"x{b}" for b in s.budgets)
     progress.note(
         f"labelkeep bench ({s.profile}): {len(s.cells)} cell(s) x {', '.join(s.methods)} x "
-        f"{len(s.seeds)} seed(s), {s.trials} tuning trial(s) per cell; {progress.total} "
-        f"step(s); output in {out}{resumed}"
+        f"{len(s.seeds)} seed(s) x budget(s) {budgets}, {s.trials} tuning trial(s) per cell; "
+        f"{progress.total} step(s); output in {out}{resumed}"
     )
 
 

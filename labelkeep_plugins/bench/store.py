@@ -5,7 +5,8 @@ Layout::
     OUT/results.json            settings, every finished run's figures, tuning, summary
     OUT/results.md              the table in Markdown
     OUT/mismatches.png          the plot (when matplotlib is installed)
-    OUT/runs/CELL/METHOD/seedN  labelkeep.yaml, report.json, output.log of one run
+    OUT/runs/CELL/METHOD/seedN  labelkeep.yaml, report.json, output.log of one x1 run
+    OUT/runs/CELL-xB/METHOD/... the same for a run at B times the recovery epochs
     OUT/tune/CELL/              the labelkeep tune folder of one cell (validation seeds)
     OUT/cache/                  the data sets and pretrained checkpoints the scripts share
 
@@ -51,6 +52,7 @@ class RunResult:
             "cell": self.key.cell,
             "method": self.key.method,
             "seed": self.key.seed,
+            "budget": self.key.budget,
             "status": self.status,
             "seconds": round(self.seconds, 3),
             "figures": self.figures,
@@ -65,7 +67,12 @@ class RunResult:
         if status not in ("ok", "failed"):
             raise ValueError(f"run status must be ok or failed, got {status!r}")
         return cls(
-            key=RunKey(str(data["cell"]), str(data["method"]), int(data["seed"])),
+            key=RunKey(
+                str(data["cell"]),
+                str(data["method"]),
+                int(data["seed"]),
+                int(data.get("budget", 1)),  # results written before budgets: all x1
+            ),
             status=status,
             seconds=float(data["seconds"]),
             figures=dict(data.get("figures") or {}),
