@@ -26,10 +26,10 @@ def test_defaults():
     assert config.loss.weights == dict(DEFAULT_WEIGHTS)
     assert config.loss.weights["ce"] > 0  # the ground truth keeps its weight by default
     assert config.loss.temperature == DEFAULT_TEMPERATURE > 0
-    assert config.loss.focal == FocalConfig()
+    assert config.loss.focal is None  # no focal weights unless asked for
     assert config.logits is None
     assert config.strict is False and config.train_mode_only is True
-    assert config.tuner == "online"  # auto mode sizes the teacher terms as it goes
+    assert config.tuner == "catchup"  # auto mode holds the teacher back while the student lags
     assert config.disabled_adapters == ()
     assert Config.from_dict(None) == config
     assert Config.from_dict({}) == config

@@ -49,9 +49,7 @@ CLASSES = 5
 CONFIGS: dict[str, tuple[dict[str, Any], Callable[[], LossConfig]]] = {
     "default": (
         {},
-        lambda: LossConfig(
-            weights={"ce": 1.0, "kd": 1.0}, temperature=2.0, focal=FocalConfig(base=1.0, scale=1.0)
-        ),
+        lambda: LossConfig(weights={"ce": 1.0, "kd": 1.0}, temperature=4.0, focal=None),
     ),
     "weighted": (
         {

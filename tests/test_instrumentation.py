@@ -267,10 +267,12 @@ def test_unknown_tuner_is_refused_when_instrumenting(framework) -> None:
     """The tuner named in the config is the one the session uses; a typo must not pass."""
     from labelkeep_plugins.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="unknown tuner 'onlin'; registered tuners: fixed, on"):
+    with pytest.raises(
+        ConfigError, match="unknown tuner 'onlin'; registered tuners: catchup, fixed, on"
+    ):
         instrumented(Config(tuner="onlin")).__enter__()
     assert current_session() is None
     with instrumented(Config(tuner="fixed")) as session:
         assert session.report()["tuner"] == {"name": "fixed"}
     with instrumented(Config()) as session:
-        assert session.report()["tuner"]["name"] == "online"
+        assert session.report()["tuner"]["name"] == "catchup"  # the default tuner

@@ -36,7 +36,7 @@ def test_lists_builtins_terms_and_tuners(capsys) -> None:
     out = capsys.readouterr().out
     assert "labelkeep_plugins.builtin.terms (built-in)" in out
     assert "  kd: Hinton KD" in out
-    assert "tuners: fixed" in out
+    assert "tuners: catchup, fixed" in out
 
 
 def test_reports_conflicts_instead_of_failing(capsys) -> None:

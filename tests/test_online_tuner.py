@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from typing import Any
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from torch import nn
 
 from labelkeep_plugins import Config
 from labelkeep_plugins.composer import LossComposer
-from labelkeep_plugins.config import LossConfig
+from labelkeep_plugins.config import FocalConfig, LossConfig
 from labelkeep_plugins.errors import ConfigError
 from labelkeep_plugins.hookspecs import hookimpl
 from labelkeep_plugins.injector.attach import InjectionHandle
@@ -30,6 +31,12 @@ from labelkeep_plugins.reference import snapshot_reference
 from labelkeep_plugins.session import Session
 from labelkeep_plugins.terms import LossTerm
 from labelkeep_plugins.tuners import make_tuner
+
+
+def online_config(**changes: Any) -> Config:
+    """The online tuner over the loss it was designed with (the defaults before catch-up)."""
+    loss = LossConfig(weights={"ce": 1.0, "kd": 1.0}, temperature=2.0, focal=FocalConfig())
+    return Config(**{"loss": loss, "tuner": "online", **changes})
 
 
 def batch(seed: int, n: int = 16, classes: int = 5) -> tuple[torch.Tensor, ...]:
@@ -75,7 +82,7 @@ def evaluation_pass(tuner: OnlineTuner, samples: int, mismatches: int, correct: 
 
 
 def test_online_is_registered_and_made_by_name() -> None:
-    tuner = make_tuner(Config(tuner="online"))
+    tuner = make_tuner(online_config())
     assert isinstance(tuner, OnlineTuner)
     assert tuner.state.share == INITIAL_SHARE
 
@@ -104,11 +111,11 @@ def test_teacher_gradient_is_held_at_the_share_of_the_ground_truth_gradient() ->
 
 
 def test_gradient_norms_average_over_steps() -> None:
-    tuner = OnlineTuner(Config())
+    tuner = OnlineTuner(online_config())
     step(tuner, 0)
     first = tuner.state.ce_grad
     step(tuner, 1)
-    tuner_one = OnlineTuner(Config())
+    tuner_one = OnlineTuner(online_config())
     step(tuner_one, 1)
     assert first is not None and tuner_one.state.ce_grad is not None
     assert tuner.state.ce_grad == pytest.approx(0.9 * first + 0.1 * tuner_one.state.ce_grad)
@@ -126,7 +133,7 @@ def test_gradient_norms_average_over_steps() -> None:
     ],
 )
 def test_evaluation_passes_move_the_share(second, verdict, share) -> None:
-    tuner = OnlineTuner(Config())
+    tuner = OnlineTuner(online_config())
     evaluation_pass(tuner, 1000, 100, 880)
     step(tuner, 0)  # a training step ends the pass
     evaluation_pass(tuner, *second)
@@ -139,7 +146,7 @@ def test_evaluation_passes_move_the_share(second, verdict, share) -> None:
 
 
 def test_share_stays_within_its_bounds() -> None:
-    tuner = OnlineTuner(Config())
+    tuner = OnlineTuner(online_config())
     mismatches, shares = 500, []
     for seed in range(21):  # ever worse, then ever better
         evaluation_pass(tuner, 1000, mismatches, 400)
@@ -151,7 +158,7 @@ def test_share_stays_within_its_bounds() -> None:
 
 
 def test_state_dict_round_trips_through_a_safe_checkpoint() -> None:
-    tuner = OnlineTuner(Config())
+    tuner = OnlineTuner(online_config())
     evaluation_pass(tuner, 500, 50, 400)
     for seed in range(3):
         step(tuner, seed)
@@ -161,7 +168,7 @@ def test_state_dict_round_trips_through_a_safe_checkpoint() -> None:
     torch.save({"tuner": state}, buffer)
     buffer.seek(0)
     loaded = torch.load(buffer, weights_only=True)["tuner"]
-    resumed = OnlineTuner(Config())
+    resumed = OnlineTuner(online_config())
     applied: list[LossConfig] = []
     resumed.bind(applied.append)
     resumed.load_state_dict(loaded)
@@ -176,7 +183,7 @@ def test_state_dict_round_trips_through_a_safe_checkpoint() -> None:
 @pytest.mark.parametrize("state", [{"name": "fixed"}, {}, ["online"]])
 def test_state_of_another_tuner_is_refused(state) -> None:
     with pytest.raises(ConfigError, match="cannot resume tuner 'online'"):
-        OnlineTuner(Config()).load_state_dict(state)
+        OnlineTuner(online_config()).load_state_dict(state)
 
 
 def test_session_trains_with_the_weights_the_tuner_sets() -> None:
@@ -186,7 +193,7 @@ def test_session_trains_with_the_weights_the_tuner_sets() -> None:
     reference = snapshot_reference(student)
     with torch.no_grad():
         student[0].weight.mul_(0.5)
-    session = Session(Config(tuner="online"))
+    session = Session(online_config())
     handle: InjectionHandle = session.attach(student, reference)
     try:
         for index in range(4):
@@ -204,7 +211,9 @@ def test_session_trains_with_the_weights_the_tuner_sets() -> None:
             for g, e in zip(got, (p.grad for p in student.parameters()), strict=True):
                 torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
             assert weights.weights["kd"] > 0  # the teacher is on from the first step
-            first = Config().loss.with_overrides(weights={"ce": 1.0, "kd": INITIAL_MULTIPLIER})
+            first = online_config().loss.with_overrides(
+                weights={"ce": 1.0, "kd": INITIAL_MULTIPLIER}
+            )
             assert index > 0 or weights == first  # scaled down until measured
         report = session.report()["tuner"]
         assert report["name"] == "online" and report["steps"] == 4
@@ -216,7 +225,7 @@ def test_session_trains_with_the_weights_the_tuner_sets() -> None:
 def test_auto_mode_session_exposes_the_tuner_for_checkpoints() -> None:
     import labelkeep_plugins as lk
 
-    with lk.instrumented(Config()) as session:
+    with lk.instrumented(online_config()) as session:
         assert lk.current_session() is session
         state = session.tuner.state_dict()
         session.tuner.load_state_dict(state)
@@ -263,7 +272,7 @@ OTHER_LOSSES = {
 def test_gradient_path_trains_at_the_tuner_weights_and_measures(user_loss) -> None:
     """A loss the criterion patch cannot see: the teacher must still be on and measured."""
     student, reference = small_models()
-    session = Session(Config(strict=True))
+    session = Session(online_config(strict=True))
     handle = session.attach(student, reference)
     try:
         for index in range(4):
@@ -280,7 +289,7 @@ def test_gradient_path_trains_at_the_tuner_weights_and_measures(user_loss) -> No
             for g, e in zip(got, want, strict=True):
                 torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
             if index == 0:  # no labels: CE to the reference's argmax, teacher as applied
-                ce, teacher = norms(Config().loss, out, ref, ref.argmax(1), None)
+                ce, teacher = norms(online_config().loss, out, ref, ref.argmax(1), None)
                 wanted = expected_multiplier(ce, teacher, ref, ref.argmax(1))
                 assert session.tuner.state.multiplier == pytest.approx(wanted, rel=1e-5)
         assert handle.attached and handle.stats.via_gradient == 4
@@ -298,7 +307,7 @@ SOFT_TARGETS = {
 @pytest.mark.parametrize(("user_loss", "make"), SOFT_TARGETS.values(), ids=SOFT_TARGETS.keys())
 def test_soft_targets_reach_the_tuner_as_labels(user_loss, make) -> None:
     student, reference = small_models()
-    session = Session(Config(strict=True))
+    session = Session(online_config(strict=True))
     handle = session.attach(student, reference)
     seen: list[torch.Tensor | None] = []
     measure = session.tuner._gradient_norms
@@ -314,7 +323,7 @@ def test_soft_targets_reach_the_tuner_as_labels(user_loss, make) -> None:
         for g, e in zip(got, want, strict=True):
             torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
         assert handle.stats.via_loss_value == 1 and len(seen) == 1 and torch.equal(seen[0], y)
-        ce, teacher = norms(Config().loss, logits, ref, y, y)
+        ce, teacher = norms(online_config().loss, logits, ref, y, y)
         wanted = expected_multiplier(ce, teacher, ref, y)
         assert session.tuner.state.multiplier == pytest.approx(wanted, rel=1e-5)
     finally:
@@ -323,14 +332,14 @@ def test_soft_targets_reach_the_tuner_as_labels(user_loss, make) -> None:
 
 def test_bf16_logits_and_int32_labels_measure_as_their_float_values() -> None:
     student, reference, targets = batch(3)
-    half = OnlineTuner(Config())
+    half = OnlineTuner(online_config())
     half.labelkeep_training_step(
         student_logits=student.bfloat16(),
         reference_logits=reference.bfloat16(),
         targets=targets.int(),
         terms={},
     )
-    full = OnlineTuner(Config())
+    full = OnlineTuner(online_config())
     full.labelkeep_training_step(
         student_logits=student.bfloat16().float(),
         reference_logits=reference.bfloat16().float(),
@@ -343,7 +352,7 @@ def test_bf16_logits_and_int32_labels_measure_as_their_float_values() -> None:
 @pytest.mark.parametrize("value_path", [True, False])
 def test_bf16_autocast_steps_are_measured_on_both_paths(value_path) -> None:
     student, reference = small_models()
-    session = Session(Config(strict=True))
+    session = Session(online_config(strict=True))
     handle = session.attach(student, reference)
     try:
         for _ in range(3):
@@ -389,7 +398,7 @@ def train_and_evaluate(student: nn.Module, epochs: int, labels: bool, after=None
 @pytest.mark.parametrize("labels", [True, False])
 def test_evaluation_passes_between_epochs_are_whole(labels) -> None:
     student, reference = small_models()
-    session = Session(Config(strict=True))
+    session = Session(online_config(strict=True))
     handle = session.attach(student, reference)
     try:
         train_and_evaluate(student, 3, labels)
@@ -409,7 +418,7 @@ def test_evaluation_passes_between_epochs_are_whole(labels) -> None:
 
 def test_reading_the_state_mid_run_changes_nothing_and_resumes_exactly() -> None:
     student, reference = small_models()
-    session = Session(Config(strict=True))
+    session = Session(online_config(strict=True))
     session.attach(student, reference)
     saved: list[dict] = []
 
@@ -428,7 +437,7 @@ def test_reading_the_state_mid_run_changes_nothing_and_resumes_exactly() -> None
     finally:
         session.detach_all()
     assert [p["samples"] for p in final["passes"]] == [200, 200, 200]
-    resumed = OnlineTuner(Config())
+    resumed = OnlineTuner(online_config())
     loaded = saved[-1]
     resumed.load_state_dict(loaded)
     assert resumed.state.passes is not loaded["passes"]  # the checkpoint's lists stay its own
@@ -439,8 +448,8 @@ def test_reading_the_state_mid_run_changes_nothing_and_resumes_exactly() -> None
 
 @pytest.mark.parametrize("multiplier", [0.0, None, float("nan")])
 def test_resuming_a_state_without_teacher_weight_turns_the_teacher_back_on(multiplier) -> None:
-    state = OnlineTuner(Config()).state_dict() | {"multiplier": multiplier}
-    tuner = OnlineTuner(Config())
+    state = OnlineTuner(online_config()).state_dict() | {"multiplier": multiplier}
+    tuner = OnlineTuner(online_config())
     tuner.load_state_dict(state)
     assert tuner.state.multiplier == INITIAL_MULTIPLIER
 
@@ -448,18 +457,18 @@ def test_resuming_a_state_without_teacher_weight_turns_the_teacher_back_on(multi
 def test_configured_weights_apply_until_the_student_differs_from_the_reference() -> None:
     """Logits equal to the reference's say nothing about the teacher's gradient scale."""
     student, reference, targets = batch(4)
-    tuner = OnlineTuner(Config())
+    tuner = OnlineTuner(online_config())
     for _ in range(3):
         tuner.labelkeep_training_step(
             student_logits=reference, reference_logits=reference, targets=targets, terms={}
         )
     assert tuner.state.teacher_grad is None
     assert tuner.state.multiplier == INITIAL_MULTIPLIER
-    assert tuner.loss_config() == scaled(Config().loss, INITIAL_MULTIPLIER)
+    assert tuner.loss_config() == scaled(online_config().loss, INITIAL_MULTIPLIER)
     tuner.labelkeep_training_step(
         student_logits=student, reference_logits=reference, targets=targets, terms={}
     )
-    _, teacher = norms(Config().loss, student, reference, targets, targets)
+    _, teacher = norms(online_config().loss, student, reference, targets, targets)
     assert tuner.state.teacher_grad == pytest.approx(teacher, rel=1e-5)
 
 
@@ -482,7 +491,7 @@ def test_without_ground_truth_weight_the_configured_teacher_weights_stay() -> No
 
 def test_a_loss_without_teacher_terms_keeps_training_and_counting() -> None:
     student, reference = small_models()
-    session = Session(Config(loss={"weights": {"ce": 1.0}}, strict=True))
+    session = Session(Config(loss={"weights": {"ce": 1.0}}, tuner="online", strict=True))
     handle = session.attach(student, reference)
     try:
         for _ in range(2):
@@ -543,7 +552,7 @@ def test_terms_from_plugins_get_their_gradient_by_autograd() -> None:
 def test_an_ignore_index_label_is_measured_as_the_reference_argmax() -> None:
     """``ignore_index=255`` reaches the tuner as a label; it must not index the logits."""
     student, reference = small_models()
-    session = Session(Config(strict=True))
+    session = Session(online_config(strict=True))
     handle = session.attach(student, reference)
     try:
         x, y = torch.randn(8, 6), torch.randint(0, 4, (8,))
@@ -552,7 +561,7 @@ def test_an_ignore_index_label_is_measured_as_the_reference_argmax() -> None:
         with handle.muted():
             out, ref = student(x).detach(), reference(x)
         labels = torch.where(y == 255, ref.argmax(1), y)
-        ce, teacher = norms(Config().loss, out, ref, labels, y)
+        ce, teacher = norms(online_config().loss, out, ref, labels, y)
         wanted = expected_multiplier(ce, teacher, ref, labels)
         assert session.tuner.state.multiplier == pytest.approx(wanted, rel=1e-5)
         student.eval()
@@ -568,7 +577,7 @@ def test_an_ignore_index_label_is_measured_as_the_reference_argmax() -> None:
 def test_two_loss_calls_on_one_forward_share_the_step_weights() -> None:
     """Mixup: the tuner learns inside the first call; the second must not see new weights."""
     student, reference = small_models()
-    session = Session(Config(strict=True))
+    session = Session(online_config(strict=True))
     handle = session.attach(student, reference)
     try:
         for _ in range(3):
@@ -617,13 +626,13 @@ def test_a_reference_one_hot_on_the_labels_gets_a_proportionally_smaller_share()
     soft = 0.5 * F.one_hot(targets, 5).float()  # ~0.5 off the label: full share
     tuners = {}
     for name, reference in (("confident", confident), ("soft", soft)):
-        tuner = tuners[name] = OnlineTuner(Config())
+        tuner = tuners[name] = OnlineTuner(online_config())
         tuner.labelkeep_training_step(
             student_logits=student, reference_logits=reference, targets=targets, terms={}
         )
         off_label = 1 - reference.softmax(1).gather(1, targets[:, None])
         assert tuner.state.softness == pytest.approx(float(off_label.mean()), rel=1e-4)
-        ce, teacher = norms(Config().loss, student, reference, targets, targets)
+        ce, teacher = norms(online_config().loss, student, reference, targets, targets)
         wanted = expected_multiplier(ce, teacher, reference, targets)
         assert tuner.state.multiplier == pytest.approx(wanted, rel=1e-4)
     assert tuners["confident"].state.softness < 0.01 * FULL_SHARE_SOFTNESS

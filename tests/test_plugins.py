@@ -43,7 +43,7 @@ def test_builtins_are_registered():
     terms = plugins.loss_terms()
     assert set(terms) == BUILTIN_NAMES
     assert all(isinstance(term, LossTerm) and term.name == name for name, term in terms.items())
-    assert set(plugins.tuner_factories()) == {"fixed", "online", "softadapt"}
+    assert set(plugins.tuner_factories()) == {"catchup", "fixed", "online", "softadapt"}
     assert plugins.tuner_factories()["fixed"] is FixedTuner
     assert plugins.tuner_factories()["online"] is OnlineTuner
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from labelkeep_plugins.catchup import CatchUpTuner
 from labelkeep_plugins.hookspecs import hookimpl
 from labelkeep_plugins.online_tuner import OnlineTuner
 from labelkeep_plugins.softadapt import SoftAdaptTuner
@@ -16,3 +17,4 @@ def labelkeep_register_tuners(register: Callable[[str, Callable[..., Any]], None
     register(FixedTuner.name, FixedTuner)
     register(OnlineTuner.name, OnlineTuner)
     register(SoftAdaptTuner.name, SoftAdaptTuner)
+    register(CatchUpTuner.name, CatchUpTuner)

@@ -331,8 +331,9 @@ def attach(
 
     ``reference`` is used as is when it came from :func:`snapshot_reference`, else a
     frozen copy of it is taken (so passing the student itself before compressing it
-    is safe). Give either the loss pieces (``weights``, ``temperature``, ``focal``;
-    ``focal=False`` turns focal weights off) or a whole ``loss`` config.
+    is safe). Give either the loss pieces (``weights``, ``temperature``, ``focal``:
+    None or False for no focal weights, as in YAML and the default; True or a mapping for
+    ``base + scale * 1[reference correct]``) or a whole ``loss`` config.
     """
     config = loss if loss is not None else loss_config(weights, temperature, focal)
     return InjectionHandle(

@@ -67,13 +67,14 @@ def nni_attributes() -> dict[str, Any]:
 def explicit_loss(
     out: torch.Tensor, reference_out: torch.Tensor, y: torch.Tensor, config: Config
 ) -> torch.Tensor:
-    """CE + kd * KD(T) with focal weights, written out by hand (no labelkeep code)."""
+    """CE + kd * KD(T), with focal weights when configured, written out by hand."""
     weights, t, focal = config.loss.weights, config.loss.temperature, config.loss.focal
     ce = -F.log_softmax(out, dim=1).gather(1, y[:, None]).squeeze(1).mean()
     log_p = F.log_softmax(out / t, dim=1)
     log_q = F.log_softmax(reference_out / t, dim=1)
     kd = (log_q.exp() * (log_q - log_p)).sum(dim=1) * t * t
-    scale = focal.base + focal.scale * (reference_out.argmax(1) == y).float()
+    right = (reference_out.argmax(1) == y).float()
+    scale = 1.0 if focal is None else focal.base + focal.scale * right
     return weights["ce"] * ce + weights["kd"] * (kd * scale).mean()
 
 

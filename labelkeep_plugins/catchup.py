@@ -1,0 +1,159 @@
+"""The catch-up tuner: the teacher teaches once the student has caught up with its labels.
+
+Measured on the bench, a distillation term at T 4 cuts mismatches where the compressed
+student can follow the reference (moderate compression), and costs accuracy and
+mismatches alike where it cannot yet (heavy compression in a short recovery): there the
+user's loss has work left to do, and the teacher's soft targets compete with it.
+
+Which case a run is in shows on its own training batches. The ground truth's gradient
+on the logits, ``softmax(z) - onehot(y)``, has a per-sample norm that measures how far
+a model is from fitting a label. The reference has fitted its training data to some
+degree; a student that matched the reference exactly would have the same norm. So
+
+    gate = min(1, fit(reference) / fit(student)),  fit = mean_i ||softmax(z_i) - onehot(y_i)||
+
+is 1 once the student fits the labels as well as the reference does, and falls as the
+student lags behind. The teacher terms' configured weights are multiplied by the gate;
+the user's loss keeps its weight. Both fits are summed on their device and read every
+``interval`` steps (one host sync per interval), the gate being their ratio over that
+interval. Until labels are seen (the gradient path never sees them) the configured
+weights apply unchanged, and the report says the gate was never measured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from labelkeep_plugins.config import Config, LossConfig
+from labelkeep_plugins.errors import ConfigError
+from labelkeep_plugins.hookspecs import hookimpl
+from labelkeep_plugins.terms import GROUND_TRUTH_TERM
+
+UPDATE_INTERVAL = 20  # training steps averaged into one reading of the gate
+TRAJECTORY_LIMIT = 500
+
+
+def label_fit(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Sum over valid samples of ``||softmax(z) - onehot(y)||``, the ground truth's gradient."""
+    probabilities = F.softmax(logits.detach().float(), dim=1)
+    one_hot = F.one_hot(labels, probabilities.shape[1]).to(probabilities.dtype)
+    return ((probabilities - one_hot).norm(dim=1) * valid).sum()
+
+
+class CatchUpTuner:
+    """Scales the teacher terms by how far the student has caught up (``tuner: catchup``)."""
+
+    name = "catchup"
+
+    def __init__(self, config: Config) -> None:
+        self._base = config.loss
+        self.interval = UPDATE_INTERVAL
+        self.gate = 1.0
+        self.measured = False
+        self.steps = 0
+        self.trajectory: list[dict[str, Any]] = []
+        self._apply: Callable[[LossConfig], None] | None = None
+        self._sums: torch.Tensor | None = None  # (student fit, reference fit, samples)
+
+    def loss_config(self) -> LossConfig:
+        if not self._base.weights.get(GROUND_TRUTH_TERM, 0.0):
+            return self._base  # no user loss to catch up on: the teacher alone trains
+        weights = {
+            name: weight if name == GROUND_TRUTH_TERM else weight * self.gate
+            for name, weight in self._base.weights.items()
+        }
+        return self._base.with_overrides(weights=weights)
+
+    def bind(self, apply: Callable[[LossConfig], None]) -> None:
+        """Give the tuner the callback that switches the live loss to new weights."""
+        self._apply = apply
+
+    @hookimpl
+    def labelkeep_training_step(
+        self,
+        student_logits: torch.Tensor,
+        reference_logits: torch.Tensor,
+        targets: torch.Tensor | None,
+        terms: dict[str, torch.Tensor],
+    ) -> None:
+        if targets is None or targets.shape != student_logits.shape[:1]:
+            return
+        if targets.is_floating_point():
+            return
+        labels, valid = _class_labels(targets, student_logits)
+        reference = reference_logits.to(student_logits.device)
+        sums = torch.stack(
+            [
+                label_fit(student_logits, labels, valid),
+                label_fit(reference, labels, valid),
+                valid.sum(),
+            ]
+        )
+        self._sums = sums if self._sums is None else self._sums + sums
+        self.steps += 1
+        if self.steps == 1 or self.steps % self.interval == 0:
+            self._update()
+
+    def _update(self) -> None:
+        """The gate over the steps since the last update (the first step alone, at first)."""
+        assert self._sums is not None
+        student, reference, samples = self._sums.cpu().tolist()  # the one sync
+        self._sums = None
+        if not samples > 0:  # every label was an ignore_index: nothing measured
+            return
+        # a student that fits its labels exactly lags behind nothing
+        gate = min(1.0, reference / student) if student > 0 else 1.0
+        self.gate, self.measured = gate, True
+        self.trajectory.append(
+            {
+                "step": self.steps,
+                "gate": gate,
+                "student_fit": student / samples,
+                "reference_fit": reference / samples,
+            }
+        )
+        del self.trajectory[:-TRAJECTORY_LIMIT]
+        if self._apply is not None:
+            self._apply(self.loss_config())
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain numbers and lists (``torch.load(weights_only=True)`` reads them back)."""
+        return {
+            "name": self.name,
+            "interval": self.interval,
+            "gate": self.gate,
+            "measured": self.measured,
+            "steps": self.steps,
+            "trajectory": [dict(entry) for entry in self.trajectory],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume; a state of another tuner or interval raises and changes nothing."""
+        found = state.get("name") if isinstance(state, dict) else type(state).__name__
+        if not isinstance(state, dict) or found != self.name:
+            raise ConfigError(f"cannot resume tuner {self.name!r} from state of {found!r}")
+        if state.get("interval") != self.interval:
+            raise ConfigError(
+                f"cannot resume tuner {self.name!r}: saved with interval "
+                f"{state.get('interval')!r}, this run has {self.interval}"
+            )
+        self.gate, self.measured = float(state["gate"]), bool(state["measured"])
+        self.steps = int(state["steps"])
+        self.trajectory = [dict(entry) for entry in state.get("trajectory", [])]
+        self._sums = None
+        if self._apply is not None:
+            self._apply(self.loss_config())
+
+
+def _class_labels(targets: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class indices (out-of-range ones, e.g. an ignore_index, clamped) and a 0/1 validity mask.
+
+    Masked rather than filtered, so that no step waits on the device.
+    """
+    labels = targets.to(logits.device)
+    valid = (labels >= 0) & (labels < logits.shape[1])
+    return labels.clamp(0, logits.shape[1] - 1), valid.to(torch.float32)

@@ -1,0 +1,128 @@
+"""The catch-up tuner: its gate is the ratio of the two label fits, read once per interval."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from labelkeep_plugins import Config, ConfigError, attach, snapshot_reference
+from labelkeep_plugins.catchup import UPDATE_INTERVAL, CatchUpTuner, label_fit
+from labelkeep_plugins.config import LossConfig
+from labelkeep_plugins.plugins import load_plugins
+
+LOSS = LossConfig(weights={"ce": 1.0, "kd": 2.0}, temperature=4.0, focal=None)
+
+
+def _tuner() -> CatchUpTuner:
+    return CatchUpTuner(Config(loss=LOSS, tuner="catchup"))
+
+
+def _step(tuner: CatchUpTuner, student, reference, labels) -> None:
+    tuner.labelkeep_training_step(
+        student_logits=student, reference_logits=reference, targets=labels, terms={}
+    )
+
+
+def _fit(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """The ground truth's gradient norm per sample, by autograd, summed."""
+    z = logits.clone().requires_grad_(True)
+    (F.cross_entropy(z, labels, reduction="sum")).backward()
+    return float(z.grad.norm(dim=1).sum())
+
+
+def test_label_fit_is_the_norm_of_the_cross_entropy_gradient() -> None:
+    torch.manual_seed(0)
+    logits, labels = torch.randn(6, 4), torch.randint(0, 4, (6,))
+    valid = torch.ones(6)
+    assert float(label_fit(logits, labels, valid)) == pytest.approx(_fit(logits, labels))
+    valid[0] = 0.0
+    assert float(label_fit(logits, labels, valid)) == pytest.approx(_fit(logits[1:], labels[1:]))
+
+
+def test_the_gate_is_the_fit_ratio_capped_at_one_and_scales_only_teacher_terms() -> None:
+    torch.manual_seed(1)
+    labels = torch.randint(0, 3, (8,))
+    student, reference = torch.randn(8, 3), 6 * F.one_hot(labels, 3).float()
+    tuner = _tuner()
+    _step(tuner, student, reference, labels)  # the first step is read at once
+    expected = _fit(reference, labels) / _fit(student, labels)
+    assert 0 < expected < 1 and tuner.gate == pytest.approx(expected, rel=1e-5)
+    weights = dict(tuner.loss_config().weights)
+    assert weights == pytest.approx({"ce": 1.0, "kd": 2.0 * expected}, rel=1e-5)
+    _step(tuner, reference, student, labels)  # a student ahead of its reference: capped
+    for _ in range(UPDATE_INTERVAL - 2):
+        _step(tuner, reference, student, labels)
+    assert tuner.gate == pytest.approx(1.0)
+
+
+def test_the_gate_is_read_once_per_interval_over_the_interval() -> None:
+    torch.manual_seed(2)
+    labels = torch.randint(0, 3, (4,))
+    good, bad = 8 * F.one_hot(labels, 3).float(), torch.randn(4, 3)
+    tuner = _tuner()
+    _step(tuner, bad, good, labels)
+    first = tuner.gate
+    for _ in range(UPDATE_INTERVAL - 2):
+        _step(tuner, good, good, labels)
+    assert tuner.gate == first and len(tuner.trajectory) == 1
+    _step(tuner, good, good, labels)
+    assert tuner.gate == pytest.approx(1.0) and len(tuner.trajectory) == 2
+
+
+def test_without_labels_the_configured_weights_apply_and_nothing_is_measured() -> None:
+    tuner = _tuner()
+    _step(tuner, torch.randn(4, 3), torch.randn(4, 3), None)
+    _step(tuner, torch.randn(4, 3), torch.randn(4, 3), torch.rand(4, 3))  # soft targets
+    assert not tuner.measured and dict(tuner.loss_config().weights) == dict(LOSS.weights)
+
+
+def test_an_ignore_index_is_left_out_not_counted() -> None:
+    labels = torch.tensor([0, 1, -100, 2])
+    student, reference = torch.randn(4, 3), torch.randn(4, 3)
+    tuner = _tuner()
+    _step(tuner, student, reference, labels)
+    kept = labels != -100
+    expected = _fit(reference[kept], labels[kept]) / _fit(student[kept], labels[kept])
+    assert tuner.gate == pytest.approx(min(1.0, expected), rel=1e-5)
+
+
+def test_attached_the_gate_reaches_the_live_loss() -> None:
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))
+    x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+    reference_model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))
+    tuner = _tuner()
+    handle = attach(model, snapshot_reference(reference_model), loss=tuner.loss_config())
+    tuner.bind(handle.composer.defer)
+    manager = load_plugins()
+    manager.register(tuner)
+    try:
+        F.cross_entropy(model(x), y).backward()
+        model(x)  # the next forward applies the weights chosen at the first step
+    finally:
+        manager.unregister(tuner)
+        handle.detach()
+    assert tuner.measured
+    assert handle.composer.loss.weights["kd"] == pytest.approx(2.0 * tuner.gate)
+
+
+def test_state_round_trips_and_a_foreign_state_is_refused() -> None:
+    tuner = _tuner()
+    labels = torch.randint(0, 3, (4,))
+    _step(tuner, torch.randn(4, 3), torch.randn(4, 3), labels)
+    buffer = io.BytesIO()
+    torch.save(tuner.state_dict(), buffer)
+    buffer.seek(0)
+    resumed = _tuner()
+    resumed.load_state_dict(torch.load(buffer, weights_only=True))
+    assert resumed.state_dict() == tuner.state_dict()
+    before = resumed.state_dict()
+    with pytest.raises(ConfigError, match="from state of 'softadapt'"):
+        resumed.load_state_dict({"name": "softadapt"})
+    with pytest.raises(ConfigError, match="interval"):
+        resumed.load_state_dict({**before, "interval": 3})
+    assert resumed.state_dict() == before
