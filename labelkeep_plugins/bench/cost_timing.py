@@ -6,7 +6,7 @@ the figure is the median over repetitions. Attaching and detaching happen outsid
 timed region, so the plain steps run with no labelkeep patch in place at all.
 
 Variants: ``plain`` (the user's step), ``instrumented`` (the step with labelkeep attached,
-cache off, fixed weights), ``online`` (the same with the online tuner measuring every step,
+cache off, fixed weights), ``default_tuner`` (the same with the default tuner measuring every step,
 auto mode's default), ``cached`` (cache on, every sample seen before), ``cached_fresh``
 (cache on, every sample new: the fingerprinting overhead on top of the forward),
 ``reference_forward`` (the reference alone under ``no_grad``) and ``fingerprint`` (hashing
@@ -34,15 +34,15 @@ from labelkeep_plugins.bench.cost_models import (
 from labelkeep_plugins.composer import LossComposer
 from labelkeep_plugins.config import Config, LossConfig
 from labelkeep_plugins.injector.attach import InjectionHandle
-from labelkeep_plugins.online_tuner import OnlineTuner
 from labelkeep_plugins.plugins import load_plugins
 from labelkeep_plugins.reference import snapshot_reference
 from labelkeep_plugins.reference_cache import ReferenceCache
+from labelkeep_plugins.tuners import make_tuner
 
 VARIANTS = (
     "plain",
     "instrumented",
-    "online",
+    "default_tuner",
     "cached",
     "cached_fresh",
     "reference_forward",
@@ -82,9 +82,9 @@ class _Loop:
         self.data = RepeatingBatches(case, seed)
         self.cache = ReferenceCache()
         self.composer = LossComposer(LossConfig())
-        self.tuner = OnlineTuner(Config())
-        self.online_composer = LossComposer(self.tuner.loss_config())
-        self.tuner.bind(self.online_composer.defer)
+        self.tuner = make_tuner(Config())  # the default tuner, as labelkeep-run has it
+        self.tuned_composer = LossComposer(self.tuner.loss_config())
+        self.tuner.bind(self.tuned_composer.defer)
 
     def warm(self, steps: int) -> None:
         """Fill the cache with the whole pool and let every code path run once."""
@@ -97,7 +97,7 @@ class _Loop:
         x, y = self.data.fresh() if variant == "cached_fresh" else self.data.next()
         handle = self._attach(variant)
         manager = load_plugins()
-        if variant == "online":  # the tuner hears each training step, as in a session
+        if variant == "default_tuner":  # the tuner hears each training step, as in a session
             manager.register(self.tuner)
         try:
             started = time.perf_counter()
@@ -112,8 +112,8 @@ class _Loop:
     def _attach(self, variant: str) -> InjectionHandle | None:
         if variant == "instrumented":
             return InjectionHandle(self.student, self.reference, self.composer)
-        if variant == "online":
-            return InjectionHandle(self.student, self.reference, self.online_composer)
+        if variant == "default_tuner":
+            return InjectionHandle(self.student, self.reference, self.tuned_composer)
         if variant in ("cached", "cached_fresh"):
             return CachedInjectionHandle(
                 self.student, self.reference, self.composer, cache=self.cache
