@@ -1,4 +1,4 @@
-"""labelkeep: keep a compressed classifier's labels those of its reference.
+"""labelkeep: keep a compressed classifier's labels the same as its reference's.
 
 Public surface:
 

@@ -30,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="labelkeep",
-        description="Keep a compressed classifier's labels those of its reference.",
+        description="Keep a compressed classifier's labels the same as its reference's.",
     )
     parser.add_argument("--version", action="version", version=f"labelkeep {__version__}")
     commands = parser.add_subparsers(title="commands")
@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo",
         help="prune a classifier and recover it with and without labelkeep",
-        description="Train a reference on locally generated data, prune 70%% of its weights, "
+        description="Train a reference on locally generated data, prune 70% of its weights, "
         "recover it with plain cross-entropy and with LabelPreservingLoss, and "
         "print mismatches with the reference for both.",
     )

@@ -10,14 +10,14 @@ from torch import nn
 
 from labelkeep_plugins.composer import LossComposer
 from labelkeep_plugins.config import FocalConfig, LogitsSelector
-from labelkeep_plugins.errors import MissingReferenceError
+from labelkeep_plugins.errors import MissingReferenceError, ShapeMismatchError
 from labelkeep_plugins.injector.attach import loss_config
 from labelkeep_plugins.logits import as_logits
 from labelkeep_plugins.reference import as_reference, move_to
 
 
 class LabelPreservingLoss(nn.Module):
-    """Cross-entropy plus terms that keep the student's labels those of the reference.
+    """Cross-entropy plus terms that keep the student's labels the same as the reference's.
 
     ``criterion = LabelPreservingLoss(reference, student=model)`` then
     ``loss = criterion(model(x), y)``: the reference runs on the inputs of the
@@ -53,6 +53,7 @@ class LabelPreservingLoss(nn.Module):
         self, outputs: Any, targets: torch.Tensor, reference_logits: torch.Tensor | None = None
     ) -> torch.Tensor:
         student = as_logits(outputs, self.logits_selector)
+        _check_targets(targets, student, self.composer.ground_truth_weight)
         if reference_logits is None:
             reference_logits = self._reference_logits(student)
         loss, self.last_terms = self.composer.total(student, reference_logits, targets)
@@ -85,3 +86,24 @@ class LabelPreservingLoss(nn.Module):
                     self.reference(*args, **kwargs), self.logits_selector
                 ).detach()
         return self._cached
+
+
+def _check_targets(targets: Any, student: torch.Tensor, ce_weight: float) -> None:
+    """Targets must be given (unless ``ce`` is 0) and have one entry per sample."""
+    if targets is None:
+        if ce_weight > 0:
+            raise ShapeMismatchError(
+                "LabelPreservingLoss got targets=None, but its 'ce' term needs the labels; "
+                "pass the batch's labels, or set weights={'ce': 0.0, ...} to train on the "
+                "teacher terms alone"
+            )
+        return
+    if (
+        isinstance(targets, torch.Tensor)
+        and targets.dim() > 0
+        and (targets.shape[0] != student.shape[0])
+    ):
+        raise ShapeMismatchError(
+            f"LabelPreservingLoss got {targets.shape[0]} targets for {student.shape[0]} "
+            f"student outputs; pass the labels of the same batch"
+        )

@@ -324,3 +324,19 @@ def test_low_precision_logits_give_an_fp32_loss(reference_model, batch, dtype):
     torch.testing.assert_close(loss, explicit_loss(logits.detach().float(), given.float(), targets))
     loss.backward()
     assert logits.grad.dtype == dtype and torch.isfinite(logits.grad.float()).all()
+
+
+def test_targets_of_another_length_name_both_lengths(reference_model, batch):
+    x, y = batch
+    criterion = LabelPreservingLoss(reference_model)
+    with pytest.raises(ShapeMismatchError, match=rf"got {len(y) - 1} targets for {len(y)} student"):
+        criterion(reference_model(x), y[:-1], reference_logits=reference_model(x))
+
+
+def test_targets_none_is_refused_unless_ce_is_zero(reference_model, batch):
+    x, _ = batch
+    logits = reference_model(x).detach()
+    with pytest.raises(ShapeMismatchError, match=r"targets=None.*'ce': 0\.0"):
+        LabelPreservingLoss(reference_model)(logits, None, reference_logits=logits)
+    teacher_only = LabelPreservingLoss(reference_model, weights={"ce": 0.0, "kd": 1.0})
+    assert teacher_only(logits * 1.5, None, reference_logits=logits).item() > 0
