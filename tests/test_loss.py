@@ -340,3 +340,17 @@ def test_targets_none_is_refused_unless_ce_is_zero(reference_model, batch):
         LabelPreservingLoss(reference_model)(logits, None, reference_logits=logits)
     teacher_only = LabelPreservingLoss(reference_model, weights={"ce": 0.0, "kd": 1.0})
     assert teacher_only(logits * 1.5, None, reference_logits=logits).item() > 0
+
+
+def test_focal_none_means_none_in_both_interfaces_as_in_yaml(reference_model, student):
+    from labelkeep_plugins import attach
+    from labelkeep_plugins.config import Config
+
+    assert Config.from_dict({"loss": {"focal": None}}).loss.focal is None
+    assert LabelPreservingLoss(reference_model, focal=None).composer.loss.focal is None
+    handle = attach(student, reference_model, focal=None)
+    try:
+        assert handle.composer.loss.focal is None
+    finally:
+        handle.detach()
+    assert LabelPreservingLoss(reference_model, focal=True).composer.loss.focal == FocalConfig()
