@@ -44,8 +44,10 @@ def instrument(config: Config | None = None) -> Session:
         _session = session
         try:
             pm.hook.labelkeep_configure.call_historic(kwargs={"config": config})
-            for adapter in registered_adapters():
+            adapters = registered_adapters()
+            for adapter in adapters:
                 _arm(session, adapter)
+            _warn_unknown_disabled(session, [adapter.name for adapter in adapters])
         except BaseException:
             uninstrument()
             raise
@@ -127,6 +129,21 @@ def _is_disabled(config: Config, name: str) -> bool:
         or "*" in config.disabled_adapters
         or name in config.disabled_adapters
     )
+
+
+def _warn_unknown_disabled(session: Session, known: list[str]) -> None:
+    """A disabled-adapter name that matches no adapter switches nothing off: say so, once."""
+    sources = {
+        "LABELKEEP_DISABLED_ADAPTERS": disabled_adapter_names() or set(),
+        "disabled_adapters": set(session.config.disabled_adapters),
+    }
+    for where, names in sources.items():
+        for name in sorted(names - set(known) - {"*"}):
+            session.warn(
+                "labelkeep",
+                f"{where} names {name!r}, which is no installed adapter, so it switches nothing "
+                f"off; known adapters: {', '.join(sorted(known)) or 'none'}",
+            )
 
 
 def _skip_line(session: Session, adapter: Adapter, reason: str, installed: str | None) -> None:

@@ -188,6 +188,24 @@ def test_disabled_adapters(framework, monkeypatch) -> None:
         assert session.adapters["fake"].state == "disabled"
 
 
+def test_a_misspelled_disabled_adapter_is_named_with_the_known_ones(
+    framework, monkeypatch, capsys
+) -> None:
+    register(FakeAdapter())
+    monkeypatch.setenv("LABELKEEP_DISABLED_ADAPTERS", "fak")
+    with instrumented(Config(disabled_adapters=("torchpruning",))) as session:
+        assert session.adapters["fake"].state != "disabled"
+        warnings = session.report()["warnings"]
+    err = capsys.readouterr().err
+    for where, name in (
+        ("LABELKEEP_DISABLED_ADAPTERS", "fak"),
+        ("disabled_adapters", "torchpruning"),
+    ):
+        line = [w for w in warnings if f"{where} names {name!r}" in w]
+        assert len(line) == 1 and "known adapters:" in line[0] and "fake" in line[0]
+        assert f"{where} names {name!r}" in err
+
+
 def test_wrapper_on_top_is_left_in_place(framework) -> None:
     register(FakeAdapter())
     with pytest.warns(LabelkeepWarning, match="wrapped again"), instrumented(Config()):
