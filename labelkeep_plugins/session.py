@@ -194,6 +194,10 @@ class Session:
         if self._plugin_manager.is_registered(self.tuner):
             self._plugin_manager.unregister(self.tuner)
 
+    def _silence(self) -> list[str]:
+        """The notice a run gets when labelkeep saw nothing to do (said, not stored)."""
+        return [] if self._records or self._all_handles else [NO_COMPRESSION_SEEN]
+
     def report(self) -> dict[str, Any]:
         """The JSON-serialisable run report.
 
@@ -231,9 +235,17 @@ class Session:
                 h.reference_cache.stats.as_dict() for h in self._all_handles if h.reference_cache
             ],
             "failures": list(self.counters.failures),
-            "warnings": list(self.counters.warnings),
+            "warnings": [*self.counters.warnings, *self._silence()],
             "crashed": self.crashed,
         }
+
+
+NO_COMPRESSION_SEEN = (
+    "no compression was seen: no adapter took a reference and no model was attached, so "
+    "labelkeep added nothing. It looks for NNI compressors, torch-pruning pruners and Brevitas' "
+    "quantize calls (labelkeep plugins lists the adapters); for a loop of your own, use "
+    "labelkeep_plugins.LabelPreservingLoss or labelkeep_plugins.attach()"
+)
 
 
 def _reference_cache(config: Config) -> Any:

@@ -58,6 +58,14 @@ def test_child_is_instrumented_and_exit_code_passes_through(script: Path, tmp_pa
     assert report["references"] == [] and report["crashed"] is None
 
 
+def test_a_script_without_compression_is_told_so_at_exit(script: Path, tmp_path: Path) -> None:
+    result = run(labelkeep_run("--report", "out.json", "--", sys.executable, str(script)), tmp_path)
+    notice = [line for line in result.stderr.splitlines() if "no compression was seen" in line]
+    assert len(notice) == 1 and "LabelPreservingLoss" in notice[0] and "attach()" in notice[0]
+    report = json.loads((tmp_path / "out.json").read_text())
+    assert any("no compression was seen" in warning for warning in report["warnings"])
+
+
 def test_plain_python_is_not_instrumented(script: Path, tmp_path: Path) -> None:
     result = run([sys.executable, str(script)], tmp_path)
     assert result.stdout.strip() == "inactive"

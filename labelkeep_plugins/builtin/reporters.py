@@ -10,17 +10,25 @@ from typing import Any
 from labelkeep_plugins.budget import FALLING
 from labelkeep_plugins.hookspecs import hookimpl
 from labelkeep_plugins.jsonfile import write_json
+from labelkeep_plugins.session import NO_COMPRESSION_SEEN
 
 
 @hookimpl
 def labelkeep_run_finished(report: dict[str, Any], path: Path | None) -> None:
     tell_recovery_budget(report)
+    tell_no_compression(report)
     if path is None:
         return
     try:
         write_json(path, report)
     except OSError as exc:
         print(f"labelkeep: cannot write the report to {str(path)!r}: {exc}", file=sys.stderr)
+
+
+def tell_no_compression(report: dict[str, Any]) -> None:
+    """One stderr line at exit when labelkeep had nothing to do in the command's process."""
+    if os.environ.get("RANK", "0") == "0" and NO_COMPRESSION_SEEN in (report.get("warnings") or ()):
+        print(f"labelkeep: {NO_COMPRESSION_SEEN}", file=sys.stderr)
 
 
 def tell_recovery_budget(report: dict[str, Any]) -> None:
