@@ -85,7 +85,8 @@ def run_comparison(
             echo(
                 f"seed {seed} {arm:<9}: accuracy {_percent(measured.accuracy)}, mismatches "
                 f"{measured.mismatches}/{measured.samples}, negative flips "
-                f"{measured.negative_flips} ({run.seconds:.0f} s)"
+                f"{'n/a' if measured.negative_flips is None else measured.negative_flips} "
+                f"({run.seconds:.0f} s)"
             )
         write_json(
             out / "compare.json",
@@ -110,16 +111,30 @@ def format_table(results: dict[str, list[Measurement]], title: str) -> str:
         rows.append(
             f"{arm:<10} | {_mean_spread(accuracy):<12} | "
             f"{_mean_spread([m.mismatches for m in measured]):<12} | "
-            f"{_mean_spread([m.negative_flips or 0 for m in measured])}"
+            f"{_mean_spread([m.negative_flips for m in measured if m.negative_flips is not None])}"
         )
     rows.append(
         f"reduction (ratio of sums): mismatches {_ratio(results, 'mismatches')}, "
         f"negative flips {_ratio(results, 'negative_flips')}"
     )
+    if _unmeasured(results):
+        rows.append(UNSEEN_LABELS)
     return "\n".join(rows)
 
 
+UNSEEN_LABELS = (
+    "negative flips: n/a where the script's evaluation computes no loss on the batch, so "
+    "labelkeep never saw its labels (compute cross_entropy on the evaluation outputs to count them)"
+)
+
+
+def _unmeasured(results: dict[str, list[Measurement]]) -> bool:
+    return any(m.negative_flips is None for measured in results.values() for m in measured)
+
+
 def _ratio(results: dict[str, list[Measurement]], field: str) -> str:
+    if field == "negative_flips" and _unmeasured(results):
+        return "n/a"
     plain = sum(getattr(m, field) or 0 for m in results["plain"])
     kept = sum(getattr(m, field) or 0 for m in results["labelkeep"])
     return f"{plain / kept:.2f}x" if kept else "n/a (none left)"

@@ -56,3 +56,16 @@ def test_compare_reports_a_failing_command(fake, tmp_path, capsys) -> None:
 def test_compare_rejects_bad_seeds(fake, tmp_path, capsys) -> None:
     assert main(["compare", "--seeds", "a,b", "--", *fake]) == 2
     assert "--seeds must be comma-separated integers" in capsys.readouterr().err
+
+
+def test_unmeasured_negative_flips_print_n_a_and_say_why() -> None:
+    from labelkeep_plugins.compare import UNSEEN_LABELS, format_table
+    from labelkeep_plugins.tuning.objective import Measurement
+
+    unseen = [Measurement(100, 10), Measurement(100, 12)]
+    table = format_table({"plain": unseen, "labelkeep": unseen}, "train.py")
+    assert "0.0 ± 0.0" not in table and "negative flips n/a" in table
+    assert UNSEEN_LABELS in table
+    seen = [Measurement(100, 10, negative_flips=4), Measurement(100, 12, negative_flips=6)]
+    table = format_table({"plain": seen, "labelkeep": seen}, "train.py")
+    assert "negative flips 1.00x" in table and UNSEEN_LABELS not in table
