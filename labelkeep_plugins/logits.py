@@ -29,6 +29,13 @@ def as_logits(output: Any, selector: LogitsSelector = None) -> torch.Tensor:
             f"the model output selected as logits is a {type(found).__name__}, "
             f"not a tensor; {_HOW_TO_SELECT}"
         )
+    if found.dim() == 1 and not found.is_floating_point():
+        raise LogitsError(
+            f"the model output is a tensor of integer class ids (shape {tuple(found.shape)}, "
+            f"dtype {found.dtype}), not logits: a model that returns its predicted labels (in "
+            f"eval mode, say) cannot be compared by its scores; make its forward return the "
+            f"(batch, classes) logits and take the argmax outside the model"
+        )
     if found.dim() != 2 or not found.is_floating_point():
         raise LogitsError(
             f"logits must be a floating-point (batch, classes) tensor, got shape "

@@ -99,3 +99,8 @@ def test_integer_tensor_is_rejected(dtype):
 def test_low_precision_logits_are_accepted():
     half = LOGITS.half()
     assert as_logits(half) is half
+
+
+def test_integer_class_ids_are_named_as_not_logits():
+    with pytest.raises(LogitsError, match=r"integer class ids.*not logits"):
+        as_logits(torch.tensor([3, 1, 2]))
