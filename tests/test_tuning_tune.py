@@ -142,22 +142,23 @@ def test_failing_trials_are_recorded_and_the_search_goes_on(
     assert results(out)["failed"] == [1, 3] and results(out)["best"]["trial"] == 2
 
 
-def test_every_trial_failing_exits_non_zero_with_a_summary(
+def test_a_failing_plain_trial_stops_the_search_and_says_the_command_fails(
     tmp_path: Path, fake: list[str], capsys
 ) -> None:
     out = tmp_path / "out"
     assert tune(out, "--trials", "2", "--seed", "1", command=[*fake, "fail"]) == 1
     err = capsys.readouterr().err
-    assert "all 2 searched trial(s) failed; the plain trial 0 failed too" in err
+    assert "the plain trial 0 failed" in err and "the command itself fails without labelkeep" in err
     assert "exit code 3" in err and "output.log" in err
     assert not (out / "best.yaml").exists()
-    assert [t["status"] for t in results(out)["trials"]] == ["failed"] * 3
+    assert [t["status"] for t in results(out)["trials"]] == ["failed"]  # no trial after it
+    assert runs(tmp_path) == 1
 
 
 def test_a_command_without_report_fails_its_trials(tmp_path: Path, fake: list[str]) -> None:
     out = tmp_path / "out"
     assert tune(out, "--trials", "1", "--seed", "1", command=[*fake, "no-report"]) == 1
-    assert "no run report was written" in results(out)["trials"][1]["error"]
+    assert "no run report was written" in results(out)["trials"][0]["error"]
 
 
 def test_a_script_without_evaluation_stops_with_advice(

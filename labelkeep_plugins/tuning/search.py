@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from labelkeep_plugins.config import Config, LossConfig
-from labelkeep_plugins.errors import ConfigError
+from labelkeep_plugins.errors import ConfigError, LabelkeepError
 from labelkeep_plugins.tuning.algorithms import SearchAlgorithm, SpaceExhausted, make_algorithm
 from labelkeep_plugins.tuning.metric import DEFAULT_MODE, Metric, MetricError
 from labelkeep_plugins.tuning.objective import Objective, measurement_from_report, rank
@@ -32,7 +32,7 @@ from labelkeep_plugins.tuning.store import (
     save_results,
     trial_dir,
 )
-from labelkeep_plugins.tuning.summary import finish
+from labelkeep_plugins.tuning.summary import ALL_FAILED, finish
 from labelkeep_plugins.tuning.table import LiveTable
 from labelkeep_plugins.tuning.trial import TrialRun, log_tail, run_trial, trial_config
 
@@ -57,6 +57,17 @@ class TuneRequest:
     metric_mode: str | None = None  # --metric-mode: max (default) | min
 
 
+class PlainTrialFailed(LabelkeepError):
+    """Trial 0 adds nothing to the command, so its failure is the command's own."""
+
+    def __init__(self, error: str | None) -> None:
+        super().__init__(
+            "the plain trial 0 failed, and it adds nothing to training: the command itself "
+            f"fails without labelkeep ({error or 'no reason given'}). Fix the command first; "
+            "no other trial was run"
+        )
+
+
 def tune(request: TuneRequest, stream: TextIO | None = None) -> int:
     """Run (or resume) the search; returns the exit code of ``labelkeep tune``."""
     if request.trials < 1:
@@ -69,6 +80,9 @@ def tune(request: TuneRequest, stream: TextIO | None = None) -> int:
     search = _Search(request, settings, records, stream or sys.stderr)
     try:
         search.run()
+    except PlainTrialFailed as exc:
+        search.table.note(f"labelkeep tune: {exc}")
+        return ALL_FAILED
     except KeyboardInterrupt:
         search.table.note(
             f"labelkeep tune: interrupted; {len(search.records)} trial(s) are kept in "
@@ -159,6 +173,8 @@ class _Search:
         self._introduce()
         if 0 not in self.records:
             self._finished(self._run(0, LossConfig.from_value(PLAIN_LOSS), None))
+        if self.records[0].status == "failed":
+            raise PlainTrialFailed(self.records[0].error)
         self._set_objective()
         for number in resumed:
             self._show(self.records[number], done=number + 1)
