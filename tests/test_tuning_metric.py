@@ -145,9 +145,10 @@ def test_a_match_that_is_not_a_number_fails_the_trial(
         tune(out, "--trials", "1", "--seed", "1", "--metric", r"val acc: (\S+)%", command=fake) == 1
     )
     trials = results(out)["trials"]
-    assert [t["status"] for t in trials] == ["failed", "failed"]
-    assert "metric is not a number" in trials[1]["error"] and "'n/a'" in trials[1]["error"]
-    assert "capture only the number" in capsys.readouterr().err
+    assert [t["status"] for t in trials] == ["failed"]  # the plain trial's failure stops it
+    assert "metric is not a number" in trials[0]["error"] and "'n/a'" in trials[0]["error"]
+    err = capsys.readouterr().err
+    assert "capture only the number" in err and "it ran, but could not be judged" in err
 
 
 @pytest.mark.parametrize(

@@ -58,13 +58,16 @@ class TuneRequest:
 
 
 class PlainTrialFailed(LabelkeepError):
-    """Trial 0 adds nothing to the command, so its failure is the command's own."""
+    """Trial 0 adds nothing to the command: whatever made it fail fails every other trial too."""
 
-    def __init__(self, error: str | None) -> None:
+    def __init__(self, record: TrialRecord) -> None:
+        if record.exit_code not in (0, None):
+            why = "the command itself fails without labelkeep"
+        else:
+            why = "it ran, but could not be judged"
         super().__init__(
-            "the plain trial 0 failed, and it adds nothing to training: the command itself "
-            f"fails without labelkeep ({error or 'no reason given'}). Fix the command first; "
-            "no other trial was run"
+            f"the plain trial 0 failed, and it adds nothing to training: {why} "
+            f"({record.error or 'no reason given'}). Fix that first; no other trial was run"
         )
 
 
@@ -174,7 +177,7 @@ class _Search:
         if 0 not in self.records:
             self._finished(self._run(0, LossConfig.from_value(PLAIN_LOSS), None))
         if self.records[0].status == "failed":
-            raise PlainTrialFailed(self.records[0].error)
+            raise PlainTrialFailed(self.records[0])
         self._set_objective()
         for number in resumed:
             self._show(self.records[number], done=number + 1)
