@@ -22,7 +22,6 @@ weights apply unchanged, and the report says the gate was never measured.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -31,7 +30,7 @@ import torch.nn.functional as F
 from labelkeep_plugins.config import Config, LossConfig
 from labelkeep_plugins.errors import ConfigError
 from labelkeep_plugins.hookspecs import hookimpl
-from labelkeep_plugins.terms import GROUND_TRUTH_TERM
+from labelkeep_plugins.tuners import LiveTuner, check_resumable, teacher_scaled
 
 UPDATE_INTERVAL = 20  # training steps averaged into one reading of the gate
 TRAJECTORY_LIMIT = 500
@@ -44,7 +43,7 @@ def label_fit(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor) -
     return ((probabilities - one_hot).norm(dim=1) * valid).sum()
 
 
-class CatchUpTuner:
+class CatchUpTuner(LiveTuner):
     """Scales the teacher terms by how far the student has caught up (``tuner: catchup``)."""
 
     name = "catchup"
@@ -56,21 +55,10 @@ class CatchUpTuner:
         self.measured = False
         self.steps = 0
         self.trajectory: list[dict[str, Any]] = []
-        self._apply: Callable[[LossConfig], None] | None = None
         self._sums: torch.Tensor | None = None  # (student fit, reference fit, samples)
 
     def loss_config(self) -> LossConfig:
-        if not self._base.weights.get(GROUND_TRUTH_TERM, 0.0):
-            return self._base  # no user loss to catch up on: the teacher alone trains
-        weights = {
-            name: weight if name == GROUND_TRUTH_TERM else weight * self.gate
-            for name, weight in self._base.weights.items()
-        }
-        return self._base.with_overrides(weights=weights)
-
-    def bind(self, apply: Callable[[LossConfig], None]) -> None:
-        """Give the tuner the callback that switches the live loss to new weights."""
-        self._apply = apply
+        return teacher_scaled(self._base, self.gate)  # no user loss: the teacher alone trains
 
     @hookimpl
     def labelkeep_training_step(
@@ -117,8 +105,7 @@ class CatchUpTuner:
             }
         )
         del self.trajectory[:-TRAJECTORY_LIMIT]
-        if self._apply is not None:
-            self._apply(self.loss_config())
+        self.switch()
 
     def state_dict(self) -> dict[str, Any]:
         """Plain numbers and lists (``torch.load(weights_only=True)`` reads them back)."""
@@ -133,9 +120,7 @@ class CatchUpTuner:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume; a state of another tuner or interval raises and changes nothing."""
-        found = state.get("name") if isinstance(state, dict) else type(state).__name__
-        if not isinstance(state, dict) or found != self.name:
-            raise ConfigError(f"cannot resume tuner {self.name!r} from state of {found!r}")
+        check_resumable(self.name, state)
         if state.get("interval") != self.interval:
             raise ConfigError(
                 f"cannot resume tuner {self.name!r}: saved with interval "
@@ -145,8 +130,7 @@ class CatchUpTuner:
         self.steps = int(state["steps"])
         self.trajectory = [dict(entry) for entry in state.get("trajectory", [])]
         self._sums = None
-        if self._apply is not None:
-            self._apply(self.loss_config())
+        self.switch()
 
 
 def _class_labels(targets: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -46,9 +46,9 @@ import torch.nn.functional as F
 from labelkeep_plugins.builtin import terms as builtin
 from labelkeep_plugins.composer import LossComposer, focal_weights
 from labelkeep_plugins.config import Config, LossConfig
-from labelkeep_plugins.errors import ConfigError
 from labelkeep_plugins.hookspecs import hookimpl
 from labelkeep_plugins.terms import GROUND_TRUTH_TERM, TermInputs
+from labelkeep_plugins.tuners import LiveTuner, check_resumable, teacher_scaled
 
 INITIAL_SHARE = 1.0
 # The first step runs before anything was measured. A first gradient far larger than the
@@ -99,7 +99,7 @@ class OnlineState:
     trajectory: list[dict[str, Any]] = field(default_factory=list)
 
 
-class OnlineTuner:
+class OnlineTuner(LiveTuner):
     """Adjusts the teacher terms' weight during one run (``tuner: online``)."""
 
     name = "online"
@@ -108,7 +108,6 @@ class OnlineTuner:
         self._base = config.loss
         self._probe = LossComposer(config.loss)
         self._forms = _closed_forms(config.loss)
-        self._apply: Callable[[LossConfig], None] | None = None
         self._open: PassFigures | None = None  # batches since the last training step
         self._ended: PassFigures | None = None  # the pass that ended there, not judged yet
         self.state = OnlineState()
@@ -117,17 +116,7 @@ class OnlineTuner:
 
     def loss_config(self) -> LossConfig:
         """The configured loss with the teacher terms scaled by the current multiplier."""
-        if not self._base.weights.get(GROUND_TRUTH_TERM, 0.0):
-            return self._base  # no user loss to hold a share of
-        weights = {
-            name: weight if name == GROUND_TRUTH_TERM else weight * self.state.multiplier
-            for name, weight in self._base.weights.items()
-        }
-        return self._base.with_overrides(weights=weights)
-
-    def bind(self, apply: Callable[[LossConfig], None]) -> None:
-        """Give the tuner the callback that switches the live loss to new weights."""
-        self._apply = apply
+        return teacher_scaled(self._base, self.state.multiplier)
 
     def state_dict(self) -> dict[str, Any]:
         """A copy of the state (reading it judges no pass and changes nothing)."""
@@ -135,17 +124,14 @@ class OnlineTuner:
         return {"name": self.name, **asdict(self.state), **pending}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if not isinstance(state, dict) or state.get("name") != self.name:
-            found = state.get("name") if isinstance(state, dict) else type(state).__name__
-            raise ConfigError(f"cannot resume tuner {self.name!r} from state of {found!r}")
+        check_resumable(self.name, state)
         known = {key: value for key, value in state.items() if key in OnlineState.__annotations__}
         self.state = OnlineState(**copy.deepcopy(known))  # the caller's lists stay theirs
         if not _positive(self.state.multiplier):  # zero weights would switch the teacher off
             self.state.multiplier = INITIAL_MULTIPLIER
         self._ended = _figures(state.get("ended_pass"))
         self._open = _figures(state.get("open_pass"))
-        if self._apply is not None:
-            self._apply(self.loss_config())
+        self.switch()
         self._push("resumed")
 
     # -- what it measures ---------------------------------------------------------------
@@ -244,8 +230,7 @@ class OnlineTuner:
         if not math.isfinite(wanted):
             return False
         self.state.multiplier = min(MAX_MULTIPLIER, wanted)
-        if self._apply is not None:
-            self._apply(self.loss_config())
+        self.switch()
         return True
 
     def _informativeness(self) -> float:

@@ -18,7 +18,7 @@ the injector already computed are summed on their device; one host sync per inte
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -26,6 +26,7 @@ import torch
 from labelkeep_plugins.config import Config, LossConfig, SoftAdaptConfig
 from labelkeep_plugins.errors import ConfigError
 from labelkeep_plugins.hookspecs import hookimpl
+from labelkeep_plugins.tuners import LiveTuner, check_resumable
 
 TRAJECTORY_LIMIT = 500  # updates kept in the report (the latest ones)
 _EPSILON = 1e-12
@@ -49,7 +50,7 @@ def softadapt_weights(
     return [n / total for n in numerators]
 
 
-class SoftAdaptTuner:
+class SoftAdaptTuner(LiveTuner):
     """Re-weights the configured terms every ``interval`` steps (``tuner: softadapt``)."""
 
     name = "softadapt"
@@ -60,7 +61,6 @@ class SoftAdaptTuner:
         self.terms = tuple(name for name, weight in config.loss.weights.items() if weight > 0)
         self.total = sum(config.loss.weights[name] for name in self.terms)
         self.weights = {name: config.loss.weights[name] for name in self.terms}
-        self._apply: Callable[[LossConfig], None] | None = None
         self._sums: dict[str, torch.Tensor] = {}
         self._counts: dict[str, int] = {}
         self._previous: dict[str, float] | None = None
@@ -71,10 +71,6 @@ class SoftAdaptTuner:
     def loss_config(self) -> LossConfig:
         weights = {**self._base.weights, **self.weights}
         return self._base.with_overrides(weights=weights)
-
-    def bind(self, apply: Callable[[LossConfig], None]) -> None:
-        """Give the tuner the callback that switches the live loss to new weights."""
-        self._apply = apply
 
     @hookimpl
     def labelkeep_training_step(
@@ -124,8 +120,7 @@ class SoftAdaptTuner:
         self.weights.update({n: budget * share for n, share in zip(measured, shares, strict=True)})
         self.updates += 1
         self._record(point, dict(zip(measured, shares, strict=True)), "updated")
-        if self._apply is not None:
-            self._apply(self.loss_config())
+        self.switch()
 
     def _record(self, point: dict[str, float], shares: dict[str, float] | None, event: str) -> None:
         entry = {"step": self.steps, "event": event, "values": point, "weights": dict(self.weights)}
@@ -148,9 +143,7 @@ class SoftAdaptTuner:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume; a state of another tuner or configuration raises and changes nothing."""
-        found = state.get("name") if isinstance(state, dict) else type(state).__name__
-        if not isinstance(state, dict) or found != self.name:
-            raise ConfigError(f"cannot resume tuner {self.name!r} from state of {found!r}")
+        check_resumable(self.name, state)
         if state.get("configuration") != self._identity():
             raise ConfigError(
                 f"cannot resume tuner {self.name!r}: the state was saved with "
@@ -163,8 +156,7 @@ class SoftAdaptTuner:
         self.steps, self.updates = int(state["steps"]), int(state["updates"])
         self.trajectory = [dict(entry) for entry in state.get("trajectory", [])]
         self._sums, self._counts = {}, {}
-        if self._apply is not None:
-            self._apply(self.loss_config())
+        self.switch()
 
     def _identity(self) -> dict[str, Any]:
         """What a saved state must agree with to be resumed here."""

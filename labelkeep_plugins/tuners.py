@@ -7,10 +7,12 @@ A tuner is made by a factory registered under a name through the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 from labelkeep_plugins.config import Config, LossConfig
 from labelkeep_plugins.errors import ConfigError
+from labelkeep_plugins.terms import GROUND_TRUTH_TERM
 
 
 @runtime_checkable
@@ -44,10 +46,51 @@ class FixedTuner:
         return {"name": self.name}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("name") != self.name:
-            raise ConfigError(
-                f"cannot resume tuner {self.name!r} from state of {state.get('name')!r}"
-            )
+        check_resumable(self.name, state)
+
+
+class LiveTuner:
+    """What tuners that change the loss during a run share: the callback to the live loss.
+
+    The session calls :meth:`bind` with the composer's ``defer``; a subclass calls
+    :meth:`switch` whenever its :meth:`loss_config` changed.
+    """
+
+    _apply: Callable[[LossConfig], None] | None = None
+
+    def loss_config(self) -> LossConfig:
+        raise NotImplementedError
+
+    def bind(self, apply: Callable[[LossConfig], None]) -> None:
+        """Give the tuner the callback that switches the live loss to new weights."""
+        self._apply = apply
+
+    def switch(self) -> None:
+        """Hand the live loss the current weights (nothing until bound)."""
+        if self._apply is not None:
+            self._apply(self.loss_config())
+
+
+def check_resumable(name: str, state: object) -> dict[str, Any]:
+    """``state`` if it was saved by tuner ``name``; otherwise an error naming what it was."""
+    found = state.get("name") if isinstance(state, dict) else type(state).__name__
+    if not isinstance(state, dict) or found != name:
+        raise ConfigError(f"cannot resume tuner {name!r} from state of {found!r}")
+    return state
+
+
+def teacher_scaled(loss: LossConfig, factor: float) -> LossConfig:
+    """``loss`` with each teacher term's weight times ``factor``; the user's loss keeps its own.
+
+    Without the user's loss there is no share to hand over, and ``loss`` stays as it is.
+    """
+    if not loss.weights.get(GROUND_TRUTH_TERM, 0.0):
+        return loss
+    weights = {
+        name: weight if name == GROUND_TRUTH_TERM else weight * factor
+        for name, weight in loss.weights.items()
+    }
+    return loss.with_overrides(weights=weights)
 
 
 def make_tuner(config: Config) -> Tuner:
