@@ -85,19 +85,9 @@ def mismatch_trend(
         return _untested(TOO_FEW_PASSES, used, len(passes), _too_few(passes))
     slope, error = weighted_slope([(p.mismatches, p.samples) for p in used])
     status = FALLING if slope < -z * error else RISING if slope > z * error else FLAT
-    labelled = all(p.labelled for p in used)
-    return BudgetVerdict(
-        status=status,
-        passes_used=len(used),
-        slope_per_pass=slope,
-        standard_error=error,
-        mismatches=tuple(p.mismatches for p in used),
-        samples_per_pass=used[-1].samples,
-        negative_flips=tuple(p.negative_flips for p in used) if labelled else None,
-        mixed_sample_counts=len(series) < len(passes),
-        evaluation_passes=len(passes),
-        message=_trend_message(status, used, mixed=len(series) < len(passes)),
-    )
+    mixed = len(series) < len(passes)
+    message = _trend_message(status, used, mixed=mixed)
+    return _verdict(status, used, len(passes), message, mixed=mixed, slope=(slope, error))
 
 
 def weighted_slope(counts: Sequence[tuple[int, int]]) -> tuple[float, float]:
@@ -139,16 +129,29 @@ def _series(passes: list[PassCount]) -> list[PassCount]:
 
 
 def _untested(status: str, used: list[PassCount], seen: int, message: str) -> BudgetVerdict:
+    return _verdict(status, used, seen, message, mixed=len(used) < seen, slope=None)
+
+
+def _verdict(
+    status: str,
+    used: list[PassCount],
+    seen: int,
+    message: str,
+    *,
+    mixed: bool,
+    slope: tuple[float, float] | None,
+) -> BudgetVerdict:
+    """The verdict over the passes ``used`` of ``seen``; ``slope`` with its error, if fitted."""
     labelled = bool(used) and all(p.labelled for p in used)
     return BudgetVerdict(
         status=status,
         passes_used=len(used),
-        slope_per_pass=None,
-        standard_error=None,
+        slope_per_pass=None if slope is None else slope[0],
+        standard_error=None if slope is None else slope[1],
         mismatches=tuple(p.mismatches for p in used),
         samples_per_pass=used[-1].samples if used else None,
         negative_flips=tuple(p.negative_flips for p in used) if labelled else None,
-        mixed_sample_counts=len(used) < seen,
+        mixed_sample_counts=mixed,
         evaluation_passes=seen,
         message=message,
     )

@@ -88,8 +88,7 @@ class FunctionMatchingConfig:
 
     @classmethod
     def from_value(cls, value: Any) -> FunctionMatchingConfig:
-        section = _optional_section(cls, "function_matching", value)
-        return cls() if section is None else section
+        return _settings_section(cls, "function_matching", value)
 
 
 @dataclass(frozen=True)
@@ -129,8 +128,7 @@ class SoftAdaptConfig:
 
     @classmethod
     def from_value(cls, value: Any) -> SoftAdaptConfig:
-        section = _optional_section(cls, "softadapt", value)
-        return cls() if section is None else section
+        return _settings_section(cls, "softadapt", value)
 
 
 @dataclass(frozen=True)
@@ -316,6 +314,13 @@ def _optional_section(cls: type[_Section], key: str, value: Any) -> _Section | N
     if isinstance(value, cls):
         return value
     return cls(**_checked_mapping(key, value, {f.name for f in fields(cls)}))
+
+
+def _settings_section(cls: type[_Section], key: str, value: Any) -> _Section:
+    """A section that is never off (its settings matter only where it is used): None its
+    defaults, a mapping validated."""
+    section = _optional_section(cls, key, value)
+    return cls() if section is None else section
 
 
 def _checked_mapping(what: str, value: Any, allowed: set[str]) -> dict[str, Any]:
