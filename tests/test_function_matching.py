@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import TinyCNN
+from gradients import Grads, assert_grads_equal, max_difference
 from torch import nn
 
 from labelkeep_plugins import (
@@ -35,13 +36,11 @@ from labelkeep_plugins.injector.function_matching import GRADIENT_PATH_WARNING, 
 from labelkeep_plugins.plugins import loss_terms
 from labelkeep_plugins.terms import TermInputs
 
-ATOL, RTOL = 1e-6, 1e-5
 SEED = 11
 TEMPERATURE = 2.0
 W_CE, W_KD, W_FM = 0.8, 1.0, 0.5
 CLASSES = 5
 
-Grads = dict[str, torch.Tensor]
 Step = Callable[[nn.Module], None]
 
 
@@ -128,18 +127,6 @@ def run_injected(
     with attach(model, reference, loss=loss) as handle:
         step(model)
     return grads_of(model), handle, model
-
-
-def assert_grads_equal(got: Grads, want: Grads, *, atol: float = ATOL, rtol: float = RTOL) -> None:
-    assert got.keys() == want.keys()
-    for name in got:
-        torch.testing.assert_close(
-            got[name], want[name], atol=atol, rtol=rtol, msg=lambda m, name=name: f"{name}: {m}"
-        )
-
-
-def max_difference(a: Grads, b: Grads) -> float:
-    return max(float((a[name] - b[name]).abs().max()) for name in a)
 
 
 def bn_buffers(model: nn.Module) -> dict[str, torch.Tensor]:

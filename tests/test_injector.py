@@ -22,6 +22,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import TinyCNN, perturbed
+from gradients import Grads, assert_grads_equal, max_difference
 from torch import nn
 from torch.amp.grad_scaler import GradScaler
 
@@ -41,7 +42,6 @@ from labelkeep_plugins import (
 from labelkeep_plugins.composer import LossComposer
 from labelkeep_plugins.config import FocalConfig, LossConfig
 
-ATOL, RTOL = 1e-6, 1e-5
 CLASSES = 5
 
 # name -> (keyword pieces given to attach(), a function building the same loss as a
@@ -78,7 +78,6 @@ def loss_setup(name: str) -> tuple[dict[str, Any], LossConfig]:
     return attach_kwargs, build()
 
 
-Grads = dict[str, torch.Tensor]
 Step = Callable[[nn.Module], None]
 
 
@@ -149,18 +148,6 @@ def run_injected(
     with attach(model, reference, **attach_kwargs) as handle:
         step(model)
     return grads_of(model), handle.stats.as_dict()
-
-
-def assert_grads_equal(got: Grads, want: Grads, *, atol: float = ATOL, rtol: float = RTOL) -> None:
-    assert got.keys() == want.keys()
-    for name in got:
-        torch.testing.assert_close(
-            got[name], want[name], atol=atol, rtol=rtol, msg=lambda m, name=name: f"{name}: {m}"
-        )
-
-
-def max_difference(a: Grads, b: Grads) -> float:
-    return max(float((a[name] - b[name]).abs().max()) for name in a)
 
 
 def assert_grads_differ(got: Grads, plain: Grads) -> None:
