@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from labelkeep_plugins.config import Config, LossConfig
 from labelkeep_plugins.errors import ConfigError
 from labelkeep_plugins.hookspecs import hookimpl
+from labelkeep_plugins.labels import valid_labels
 from labelkeep_plugins.tuners import LiveTuner, check_resumable, teacher_scaled
 
 UPDATE_INTERVAL = 20  # training steps averaged into one reading of the gate
@@ -72,7 +73,9 @@ class CatchUpTuner(LiveTuner):
             return
         if targets.is_floating_point():
             return
-        labels, valid = _class_labels(targets, student_logits)
+        labels = targets.to(student_logits.device)
+        valid = valid_labels(labels, student_logits.shape[1]).to(torch.float32)
+        labels = labels.clamp(0, student_logits.shape[1] - 1)  # masked: no step waits on the device
         reference = reference_logits.to(student_logits.device)
         sums = torch.stack(
             [
@@ -131,13 +134,3 @@ class CatchUpTuner(LiveTuner):
         self.trajectory = [dict(entry) for entry in state.get("trajectory", [])]
         self._sums = None
         self.switch()
-
-
-def _class_labels(targets: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class indices (out-of-range ones, e.g. an ignore_index, clamped) and a 0/1 validity mask.
-
-    Masked rather than filtered, so that no step waits on the device.
-    """
-    labels = targets.to(logits.device)
-    valid = (labels >= 0) & (labels < logits.shape[1])
-    return labels.clamp(0, logits.shape[1] - 1), valid.to(torch.float32)

@@ -14,6 +14,7 @@ import torch
 
 from labelkeep_plugins.config import FocalConfig, LossConfig
 from labelkeep_plugins.errors import NonFiniteError, ShapeMismatchError
+from labelkeep_plugins.labels import class_labels
 from labelkeep_plugins.terms import GROUND_TRUTH_TERM, LossTerm, TermInputs
 
 _internal = threading.local()
@@ -131,9 +132,9 @@ def focal_weights(
     """``base + scale * 1[reference correct]`` per sample; ``base`` where labels are unknown."""
     if focal is None:
         return None
-    if targets is None:
+    labels = class_labels(targets)
+    if labels is None:
         return torch.full((reference.shape[0],), focal.base, device=reference.device)
-    labels = targets.argmax(dim=1) if targets.is_floating_point() else targets
     correct = (reference.argmax(dim=1) == labels).float()
     return focal.base + focal.scale * correct
 

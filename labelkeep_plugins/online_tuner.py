@@ -47,6 +47,7 @@ from labelkeep_plugins.builtin import terms as builtin
 from labelkeep_plugins.composer import LossComposer, focal_weights
 from labelkeep_plugins.config import Config, LossConfig
 from labelkeep_plugins.hookspecs import hookimpl
+from labelkeep_plugins.labels import valid_labels
 from labelkeep_plugins.terms import GROUND_TRUTH_TERM, TermInputs
 from labelkeep_plugins.tuners import LiveTuner, check_resumable, teacher_scaled
 
@@ -172,7 +173,7 @@ class OnlineTuner(LiveTuner):
         figures.mismatches += int((student != reference).sum())
         if targets is not None and targets.shape == student.shape:
             labels = targets.to(student.device)
-            valid = _valid(labels, student_logits.shape[1])  # not an ignore_index
+            valid = valid_labels(labels, student_logits.shape[1])  # not an ignore_index
             figures.labelled += int(valid.sum())
             figures.correct += int(((student == labels) & valid).sum())
 
@@ -319,11 +320,7 @@ def _labels(
     gradient path, an ``ignore_index`` such as 255)."""
     predicted = reference.argmax(dim=1).to(logits.device)
     labels = predicted if targets is None else targets.to(logits.device, torch.long)
-    return torch.where(_valid(labels, logits.shape[1]), labels, predicted)
-
-
-def _valid(labels: torch.Tensor, classes: int) -> torch.Tensor:
-    return (labels >= 0) & (labels < classes)
+    return torch.where(valid_labels(labels, logits.shape[1]), labels, predicted)
 
 
 def _kd_gradient(inputs: TermInputs) -> torch.Tensor:
