@@ -8,6 +8,7 @@ the key, the value and what is allowed.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from collections.abc import Mapping
@@ -164,6 +165,26 @@ class LossConfig:
     def with_overrides(self, **changes: Any) -> LossConfig:
         """A copy with some fields replaced (validated again)."""
         return replace(self, **changes)
+
+    def reweighted(self, weights: Mapping[str, float]) -> LossConfig:
+        """A copy with new weights for terms it already has, checked without the registry.
+
+        Tuners call it during the run (up to once a step): the term names were validated
+        when this configuration was made, so only the values need a check.
+        """
+        unknown = sorted(set(weights) - set(self.weights))
+        if unknown:
+            raise ConfigError(
+                f"cannot reweight term(s) {', '.join(map(repr, unknown))}: not in this "
+                f"configuration's weights ({', '.join(sorted(self.weights))})"
+            )
+        for name, weight in weights.items():
+            _require_non_negative(f"weights.{name}", weight)
+        changed = copy.copy(self)
+        object.__setattr__(
+            changed, "weights", {**self.weights, **{n: float(w) for n, w in weights.items()}}
+        )
+        return changed
 
 
 @dataclass(frozen=True)

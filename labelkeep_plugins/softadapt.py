@@ -70,7 +70,7 @@ class SoftAdaptTuner(LiveTuner):
 
     def loss_config(self) -> LossConfig:
         weights = {**self._base.weights, **self.weights}
-        return self._base.with_overrides(weights=weights)
+        return self._base.reweighted(weights)
 
     @hookimpl
     def labelkeep_training_step(

@@ -90,7 +90,7 @@ def teacher_scaled(loss: LossConfig, factor: float) -> LossConfig:
         name: weight if name == GROUND_TRUTH_TERM else weight * factor
         for name, weight in loss.weights.items()
     }
-    return loss.with_overrides(weights=weights)
+    return loss.reweighted(weights)
 
 
 def make_tuner(config: Config) -> Tuner:
