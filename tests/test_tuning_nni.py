@@ -11,6 +11,7 @@ import sys
 import textwrap
 import time
 import types
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,16 +63,17 @@ AGREEMENT = {"samples": 100, "mismatches": 7, "negative_flips": 3, "compressed_a
 
 
 @pytest.fixture
-def trial_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+def trial_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
     """An NNI local trial's environment; everything it sets is undone afterwards."""
     for name in ("NNI_TRIAL_COMMAND_CHANNEL", "LABELKEEP_REPORT", PARAMETERS_ENV):
         monkeypatch.setenv(name, "x")
         monkeypatch.delenv(name)  # now restored to "unset" at teardown, whoever sets it
     monkeypatch.setenv("NNI_PLATFORM", "local")
     monkeypatch.setenv("NNI_OUTPUT_DIR", str(tmp_path))
-    for attribute in ("owner", "script_reported_final", "report_final"):
+    for attribute in ("owner", "script_reported_final", "report_final", "patches"):
         monkeypatch.setattr(nni_trial._Trial, attribute, getattr(nni_trial._Trial, attribute))
-    return tmp_path
+    yield tmp_path
+    nni_trial.end_trial()
 
 
 def install(monkeypatch: pytest.MonkeyPatch, parameters: dict[str, Any] | None) -> StubNni:
@@ -168,6 +170,23 @@ def test_no_final_result_without_figures_or_after_a_crash(
     report_final(session, PassReporter())
     assert [c for c in stub.calls if c[0] == "final"] == []
     assert message in capsys.readouterr().err
+
+
+def test_nni_gets_its_own_functions_back_after_the_final_result(
+    trial_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stub = install(monkeypatch, {"kd": 1.0})
+    names = ("get_next_parameter", "report_final_result")
+    originals = {name: getattr(stub, name) for name in names}
+    prepare_config(Config())
+    assert stub.get_next_parameter() == {"kd": 1.0}  # wrapped: NNI would give None now
+    assert "get_next_parameter" in vars(stub)  # the wrapper, over the stub's own method
+    report_final(FakeSession(AGREEMENT), PassReporter())
+    for name, original in originals.items():
+        assert getattr(stub, name) == original, name  # the stub's own bound methods again
+        assert name not in vars(stub)
+    assert not hasattr(stub, "get_next_parameters")  # a name NNI lacks is not added
+    assert nni_trial._Trial.patches is None
 
 
 def test_a_failing_nni_call_costs_one_line(

@@ -33,6 +33,7 @@ from typing import Any
 
 from labelkeep_plugins.config import Config
 from labelkeep_plugins.hookspecs import hookimpl
+from labelkeep_plugins.patching import PatchSet
 from labelkeep_plugins.tuning.objective import Measurement, measurement_from_report
 from labelkeep_plugins.tuning.space import parameters_to_loss
 
@@ -47,6 +48,7 @@ class _Trial:
     owner = False
     script_reported_final = False
     report_final: Callable[[Any], None] | None = None
+    patches: PatchSet | None = None  # NNI's functions labelkeep wraps for the script
 
 
 def in_nni_trial(environ: Mapping[str, str] | None = None) -> bool:
@@ -191,6 +193,8 @@ def report_final(session: Any, reporter: PassReporter) -> None:
         send(final_metric(measured))
     except Exception as exc:
         _warn(f"no final result sent to NNI ({type(exc).__name__}: {exc})")
+    finally:
+        end_trial()
 
 
 def _trial_report(own: dict[str, Any], base: str | None) -> dict[str, Any]:
@@ -249,10 +253,28 @@ def _share_with_script(nni: Any, parameters: dict[str, Any]) -> None:
         _Trial.script_reported_final = True
         original_final(metric)
 
+    patches = PatchSet("NNI trial")
+    replacements = {
+        "get_next_parameter": get_next_parameter,
+        "get_next_parameters": get_next_parameter,  # the older name, where NNI still has it
+        "report_final_result": report_final_result,
+    }
     for module in (nni, nni.trial):
-        module.get_next_parameter = get_next_parameter
-        module.get_next_parameters = get_next_parameter
-        module.report_final_result = report_final_result
+        for name, replacement in replacements.items():
+            if hasattr(module, name):
+                patches.patch(module, name, replacement)
+    _Trial.patches = patches
+
+
+def end_trial() -> None:
+    """Give NNI its own functions back: after the final result, or when a test is done.
+
+    The wrappers stay for the process's life otherwise, since the script may still ask
+    for the parameters that labelkeep's one ``get_next_parameter()`` call received.
+    """
+    patches, _Trial.patches = _Trial.patches, None
+    if patches is not None:
+        patches.undo()
 
 
 def _warn(message: str) -> None:
