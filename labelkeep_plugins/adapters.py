@@ -9,12 +9,15 @@ script imports the framework's ``module``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import PackageNotFoundError, requires, version
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
+from labelkeep_plugins.errors import PluginError
 from labelkeep_plugins.patching import PatchSet
 
 if TYPE_CHECKING:
@@ -41,13 +44,50 @@ class Adapter(Protocol):
         """Undo every patch (by identity, in reverse order, only where still ours)."""
 
 
+def declared_range(distribution: str, framework: str) -> str:
+    """The version range ``distribution``'s own metadata requires of ``framework``.
+
+    So an adapter's supported range is its pin, written once, in its pyproject (as
+    OpenTelemetry's instrumentors read theirs).
+    """
+    try:
+        listed = requires(distribution) or []
+    except PackageNotFoundError:
+        raise PluginError(
+            f"the adapter's distribution {distribution!r} is not installed, so its supported "
+            f"{framework} versions are unknown; install it (pip install {distribution})"
+        ) from None
+    for line in listed:
+        try:
+            requirement = Requirement(line)
+        except InvalidRequirement:
+            continue
+        if requirement.marker is None and canonicalize_name(requirement.name) == canonicalize_name(
+            framework
+        ):
+            bounds = sorted(requirement.specifier, key=lambda b: (b.operator[0] == "<", str(b)))
+            return ",".join(str(bound) for bound in bounds)  # lower bound first: >=1.5,<1.7
+    raise PluginError(
+        f"{distribution}'s metadata requires no {framework} version; add one to its "
+        f"pyproject's dependencies (e.g. {framework}>=X,<Y) and reinstall it"
+    )
+
+
 class PatchingAdapter:
-    """A base for adapters whose work is a set of attribute patches."""
+    """A base for adapters whose work is a set of attribute patches.
+
+    ``distribution`` is the adapter's own package: its requirement on ``framework`` is
+    the supported range, unless a subclass sets ``supported`` itself.
+    """
 
     name = ""
     framework = ""
-    supported = ""
+    distribution = ""
     module = ""
+
+    @property
+    def supported(self) -> str:
+        return declared_range(self.distribution, self.framework)
 
     def __init__(self) -> None:
         self.patches = PatchSet(self.name or type(self).__name__)
@@ -84,6 +124,8 @@ def check_compatibility(adapter: Adapter) -> Compatibility:
     try:
         supported = SpecifierSet(adapter.supported)
         ok = Version(installed) in supported
+    except PluginError as exc:
+        return Compatibility(installed, False, str(exc))
     except (InvalidSpecifier, InvalidVersion) as exc:
         return Compatibility(installed, False, f"cannot compare versions ({exc})")
     if not ok:

@@ -53,7 +53,7 @@ class BrevitasAdapter(PatchingAdapter):
 
     name = "brevitas"
     framework = "brevitas"
-    supported = ">=0.13,<0.14"
+    distribution = "labelkeep-brevitas"  # its pin on brevitas is the supported range
     module = "brevitas"
 
     def __init__(self) -> None:

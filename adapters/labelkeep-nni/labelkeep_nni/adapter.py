@@ -80,7 +80,7 @@ class NNIAdapter(PatchingAdapter):
 
     name = "nni"
     framework = "nni"
-    supported = ">=3.0,<4"
+    distribution = "labelkeep-nni"  # its pin on nni is the supported range
     module = "nni.compression"
 
     def __init__(self) -> None:

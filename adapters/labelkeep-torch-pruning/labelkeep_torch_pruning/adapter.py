@@ -65,7 +65,7 @@ class TorchPruningAdapter(PatchingAdapter):
 
     name = "torch-pruning"
     framework = "torch-pruning"
-    supported = ">=1.5,<1.7"
+    distribution = "labelkeep-torch-pruning"  # its pin on torch-pruning: the supported range
     module = "torch_pruning"
 
     def __init__(self, *, loss_during_importance: bool | None = None) -> None:
