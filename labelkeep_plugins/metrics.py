@@ -2,7 +2,8 @@
 
 Equal accuracy can hide churn, so these count disagreements (mismatches), the ones
 that cost a right answer (negative flips) and how close the probabilities stay
-(probability loyalty); formulas as in ``docs/anchors.md`` ("Definitions").
+(probability loyalty: 1 - the Jensen-Shannon distance, base 2). Negative flip impact
+is negative flips over the compressed model's errors.
 :func:`agreement` is one :class:`AgreementMeter` update, so both share every formula.
 """
 

@@ -1,6 +1,6 @@
 """The Brevitas adapter: reference before quantization, the loss in QAT, PTQ left alone.
 
-Where the float model stops being intact (docs/integration-notes.md §3):
+Where the float model stops being intact (Brevitas 0.13):
 ``layerwise_quantize`` replaces layers in place with quant layers that share the
 float storage, and ``preprocess_for_quantize`` merges batch norm into the
 original's conv weights in place. Users import those functions by name

@@ -1,6 +1,6 @@
 """The torch-pruning adapter: snapshot before the pruner touches the model, loss after ``step()``.
 
-Where (torch-pruning 1.6.1, see docs/integration-notes.md §2):
+Where (torch-pruning 1.6.1):
 
 * ``BasePruner.__init__``: every pruner class runs it (``MetaPruner`` and
   ``MagnitudePruner`` are the same class; the regularising pruners call it through
