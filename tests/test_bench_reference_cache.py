@@ -8,7 +8,6 @@ import pytest
 import torch
 from torch import nn
 
-from labelkeep_plugins.bench.cost_models import CachedInjectionHandle
 from labelkeep_plugins.composer import LossComposer
 from labelkeep_plugins.config import LossConfig
 from labelkeep_plugins.errors import ConfigError
@@ -101,7 +100,7 @@ def test_outputs_without_a_row_per_sample_are_not_cached() -> None:
 
 
 def test_the_cached_handle_trains_like_the_plain_handle() -> None:
-    """The proposed integration: same losses as without the cache, and hits from epoch 2."""
+    """The handle's reference_cache: same losses as without the cache, hits from epoch 2."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
     reference = snapshot_reference(model)
@@ -112,7 +111,7 @@ def test_the_cached_handle_trains_like_the_plain_handle() -> None:
         composer = LossComposer(LossConfig())
         cache = ReferenceCache()
         handle = (
-            CachedInjectionHandle(student, reference, composer, cache=cache)
+            InjectionHandle(student, reference, composer, reference_cache=cache)
             if cached
             else InjectionHandle(student, reference, composer)
         )

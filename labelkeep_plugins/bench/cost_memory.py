@@ -27,7 +27,6 @@ import torch
 
 from labelkeep_plugins.bench.cost_models import (
     CASES,
-    CachedInjectionHandle,
     RepeatingBatches,
     cnn,
     training_step,
@@ -96,7 +95,7 @@ def _attach(
         return None
     composer = LossComposer(LossConfig())
     if cache is not None:
-        return CachedInjectionHandle(student, reference, composer, cache=cache)
+        return InjectionHandle(student, reference, composer, reference_cache=cache)
     return InjectionHandle(student, reference, composer)
 
 

@@ -2,9 +2,7 @@
 
 The models are the bench's MNIST-1D CNN shape at two widths: a student of 1/8 the
 reference's width (what 87.5% channel pruning leaves) and one of equal width (what
-quantization leaves). The cached variant is :class:`CachedInjectionHandle`, which is the
-proposed integration of :class:`~labelkeep_plugins.reference_cache.ReferenceCache` into
-``InjectionHandle._run_reference``, done by subclassing so the host stays untouched.
+quantization leaves). The cached variant is the handle with its ``reference_cache``.
 """
 
 from __future__ import annotations
@@ -15,11 +13,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from labelkeep_plugins.injector.attach import InjectionHandle
-from labelkeep_plugins.logits import as_logits
-from labelkeep_plugins.reference import move_to
-from labelkeep_plugins.reference_cache import ReferenceCache
 
 LENGTH = 40
 CLASSES = 10
@@ -90,28 +83,6 @@ def training_step(
     optimizer.zero_grad(set_to_none=True)
     F.cross_entropy(model(x), y).backward()
     optimizer.step()
-
-
-class CachedInjectionHandle(InjectionHandle):
-    """``InjectionHandle`` whose reference forward goes through a :class:`ReferenceCache`.
-
-    This is the integration proposed for the host (the same lines in ``_run_reference``).
-    """
-
-    def __init__(self, *args: Any, cache: ReferenceCache, **kwargs: Any) -> None:
-        self.cache = cache
-        super().__init__(*args, **kwargs)
-
-    def _run_reference(
-        self, args: tuple[Any, ...], kwargs: dict[str, Any], device: torch.device
-    ) -> torch.Tensor:
-        move_to(self.reference, device)
-        return self.cache(args, kwargs, self._reference_logits)
-
-    def _reference_logits(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
-        with torch.no_grad():
-            output = self.reference(*args, **kwargs)
-        return as_logits(output, self.logits_selector).detach()
 
 
 def parameter_bytes(model: nn.Module) -> int:

@@ -25,7 +25,6 @@ from typing import Any
 import torch
 
 from labelkeep_plugins.bench.cost_models import (
-    CachedInjectionHandle,
     CostCase,
     RepeatingBatches,
     cnn,
@@ -115,8 +114,8 @@ class _Loop:
         if variant == "default_tuner":
             return InjectionHandle(self.student, self.reference, self.tuned_composer)
         if variant in ("cached", "cached_fresh"):
-            return CachedInjectionHandle(
-                self.student, self.reference, self.composer, cache=self.cache
+            return InjectionHandle(
+                self.student, self.reference, self.composer, reference_cache=self.cache
             )
         return None
 
