@@ -10,6 +10,7 @@ import torch
 from labelkeep_plugins.errors import ConfigError
 
 DATASETS = ("mnist1d", "digits")
+MNIST1D_SAMPLES = 5000  # mnist1d's own default
 
 
 @dataclass(frozen=True)
@@ -31,16 +32,24 @@ class Split:
         return int(self.x_train.shape[1])
 
 
+Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # x, y, x_test, y_test
+
+
 def load_dataset(name: str, *, samples: int | None = None) -> Split:
     """Load a data set by name; an unknown name lists the valid ones."""
+    return _split(name, *dataset_arrays(name, samples=samples))
+
+
+def dataset_arrays(name: str, *, samples: int | None = None) -> Arrays:
+    """The raw train and test arrays, split the one way every labelkeep tool splits them."""
     if name == "mnist1d":
-        return _mnist1d(samples or 5000)
+        return _mnist1d(samples or MNIST1D_SAMPLES)
     if name == "digits":
         return _digits()
     raise ConfigError(f"unknown dataset {name!r}; valid datasets: {', '.join(DATASETS)}")
 
 
-def _mnist1d(samples: int) -> Split:
+def _mnist1d(samples: int) -> Arrays:
     try:
         from mnist1d.data import get_dataset_args, make_dataset
     except ImportError as exc:
@@ -49,11 +58,11 @@ def _mnist1d(samples: int) -> Split:
         ) from exc
     args = get_dataset_args()
     args.num_samples = samples
-    data = make_dataset(args)  # generated locally from templates; no download
-    return _split("mnist1d", data["x"], data["y"], data["x_test"], data["y_test"])
+    data = make_dataset(args)  # generated locally from templates, fixed seed; no download
+    return data["x"], data["y"], data["x_test"], data["y_test"]
 
 
-def _digits() -> Split:
+def _digits() -> Arrays:
     try:
         from sklearn.datasets import load_digits
     except ImportError as exc:
@@ -64,7 +73,7 @@ def _digits() -> Split:
     order = np.random.default_rng(0).permutation(len(y))
     x, y = x[order] / 16.0, y[order]
     cut = int(0.7 * len(y))
-    return _split("digits", x[:cut], y[:cut], x[cut:], y[cut:])
+    return x[:cut], y[:cut], x[cut:], y[cut:]
 
 
 def _split(

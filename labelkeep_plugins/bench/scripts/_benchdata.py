@@ -2,10 +2,11 @@
 
 The scripts are what a user would write; this module is the part of them that a user
 would have on disk already: a data set with a fixed train/validation/test split,
-pretrained weights, and an ordinary training loop and evaluation (no labelkeep import
-here). ``--split val`` evaluates on a validation slice carved out of the
-training data (never trained on), ``--split test`` on the held-out test split, so a
-tuner can search on ``val`` and the bench report ``test`` numbers it never tuned on.
+pretrained weights, and an ordinary training loop and evaluation (labelkeep's own data
+loader is the one import: it activates nothing). ``--split val`` evaluates on a
+validation slice carved out of the training data (never trained on), ``--split test``
+on the held-out test split, so a tuner can search on ``val`` and the bench report
+``test`` numbers it never tuned on.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-DATASETS = ("mnist1d", "digits")
+from labelkeep_plugins.data import DATASETS, dataset_arrays  # the one split; activates nothing
+
 SPLITS = ("val", "test")
 VALIDATION_FRACTION = 0.2
 
@@ -103,28 +105,11 @@ def _arrays(dataset: str, data_dir: str | None) -> tuple[np.ndarray, ...]:
     if cached is not None and cached.exists():
         with np.load(cached, allow_pickle=False) as stored:
             return tuple(stored[k] for k in ("x", "y", "x_test", "y_test"))
-    arrays = _mnist1d() if dataset == "mnist1d" else _digits()
+    arrays = dataset_arrays(dataset)
     if cached is not None:
         names = dict(zip(("x", "y", "x_test", "y_test"), arrays, strict=True))
         _atomic_save(lambda f: np.savez(f, **names), cached)
     return arrays
-
-
-def _mnist1d() -> tuple[np.ndarray, ...]:
-    from mnist1d.data import get_dataset_args, make_dataset
-
-    data = make_dataset(get_dataset_args())  # generated locally from templates, fixed seed
-    return data["x"], data["y"], data["x_test"], data["y_test"]
-
-
-def _digits() -> tuple[np.ndarray, ...]:
-    from sklearn.datasets import load_digits
-
-    x, y = load_digits(return_X_y=True)
-    order = np.random.default_rng(0).permutation(len(y))
-    x, y = x[order] / 16.0, y[order]
-    cut = int(0.7 * len(y))
-    return x[:cut], y[:cut], x[cut:], y[cut:]
 
 
 def _floats(a: np.ndarray) -> torch.Tensor:
