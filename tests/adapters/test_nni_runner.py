@@ -158,7 +158,7 @@ def test_out_of_range_nni_is_skipped_and_training_is_unmodified(monkeypatch, cap
     assert checksum(model) == plain
     lines = [line for line in capsys.readouterr().err.splitlines() if "'nni'" in line]
     assert lines == [
-        "labelkeep: adapter 'nni' skipped: nni 2.0 is outside the supported range >=3.0,<4"
+        "labelkeep: adapter 'nni' skipped: nni 2.0 is outside the supported range >=3.0,<3.1"
     ]
     try:
         with (
