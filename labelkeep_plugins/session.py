@@ -203,6 +203,8 @@ class Session:
 
         ``agreement`` covers the latest evaluation pass of each attached model (its
         final state); ``agreement_all_passes`` every evaluation forward of the run.
+        ``passes_ambiguous`` lists, per model, where passes could not be told apart (so
+        ``agreement`` may cover more or less than one pass); empty when they could.
         ``recovery_budget`` is a list with one dict per attached model, in attach order
         (always a list, so its shape does not depend on how many models there are): the
         model's class name under ``student`` and the fields of its
@@ -230,6 +232,7 @@ class Session:
             "reference_intact": all(r["intact"] for r in references) if references else None,
             "agreement": _computed(last),
             "agreement_all_passes": _computed(every),
+            "passes_ambiguous": _passes_ambiguous(self._all_handles),
             "recovery_budget": [_recovery_budget(handle) for handle in self._all_handles],
             "reference_cache": [
                 h.reference_cache.stats.as_dict() for h in self._all_handles if h.reference_cache
@@ -262,6 +265,11 @@ def _recovery_budget(handle: InjectionHandle) -> dict[str, Any]:
     """The mismatch trend of one attached model over its last evaluation passes."""
     history = handle.pass_history
     return {"student": type(handle.student).__name__, **mismatch_trend(history).to_dict()}
+
+
+def _passes_ambiguous(handles: list[InjectionHandle]) -> list[str]:
+    """One line per model and kind of pass boundary that could not be told apart."""
+    return [f"{type(h.student).__name__}: {note}" for h in handles for note in h.passes_ambiguous]
 
 
 def _computed(meter: AgreementMeter) -> dict[str, Any] | None:

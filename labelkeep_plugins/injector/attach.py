@@ -32,7 +32,7 @@ from labelkeep_plugins.config import FocalConfig, LogitsSelector, LossConfig
 from labelkeep_plugins.errors import LabelkeepError
 from labelkeep_plugins.injector import criterion, scaler
 from labelkeep_plugins.injector.capture import CapturedForward, ForwardRegistry
-from labelkeep_plugins.injector.evaluation import PassMeters
+from labelkeep_plugins.injector.evaluation import EvaluationBatch, PassMeters
 from labelkeep_plugins.injector.forward_hook import ForwardHook
 from labelkeep_plugins.injector.function_matching import FunctionMatching, held_running_stats
 from labelkeep_plugins.logits import as_logits
@@ -124,6 +124,7 @@ class InjectionHandle:
         self._forward_hook = student.register_forward_hook(
             ForwardHook(self._on_forward), with_kwargs=True
         )
+        self._meters.watch(student)  # its eval()/train() calls can end an evaluation pass
         _attached[student] = self
         _forget_compiled_code()
         criterion.add_listener(self)
@@ -154,12 +155,18 @@ class InjectionHandle:
         self._drain()
         return self._meters.history()
 
+    @property
+    def passes_ambiguous(self) -> tuple[str, ...]:
+        """Where evaluation passes could not be told apart (empty when they could)."""
+        return self._meters.ambiguities()
+
     def detach(self) -> None:
         """Remove the forward hook and the shared patches; pending gradient hooks go inert."""
         if not self._attached:
             return
         self._attached = False
         self._forward_hook.remove()
+        self._meters.unwatch()
         if _attached.get(self.student) is self:
             del _attached[self.student]
         criterion.remove_listener(self)
@@ -200,9 +207,9 @@ class InjectionHandle:
         )
         reference_logits = self._run_reference(args, kwargs, logits.device)
         check_pair(logits, reference_logits)
-        entry = self._registry.add(
-            logits, reference_logits, training, self._meters.pass_of_next_forward(training)
-        )
+        batch = None if training else EvaluationBatch(logits.shape[0], args, kwargs)
+        pass_id = self._meters.pass_of_next_forward(training, batch)
+        entry = self._registry.add(logits, reference_logits, training, pass_id)
         self.stats.forwards += 1
         if training:
             self.stats.training_forwards += 1

@@ -1,18 +1,25 @@
 """Agreement over the evaluation passes a script runs, the latest one kept apart.
 
 A script that evaluates after every epoch should be judged on its final model,
-not on the sum over epochs: a pass is a run of evaluation forwards between
-training forwards, and the latest pass has its own meter. The counts of recent
-passes are kept as well, so the report can tell whether mismatches were still
-falling when recovery ended (:mod:`labelkeep_plugins.budget`).
+not on the sum over epochs, and a script that evaluates twice in a row (a
+validation loader, then the test loader) on its last pass, not on both. The
+latest pass has its own meter; the counts of recent passes are kept as well, so
+the report can tell whether mismatches were still falling when recovery ended
+(:mod:`labelkeep_plugins.budget`).
+
+Where one pass ends and the next begins is :mod:`labelkeep_plugins.injector.passes`.
 """
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from labelkeep_plugins.budget import PassCount
+from labelkeep_plugins.injector.passes import EvaluationBatch, PassBoundaries
 from labelkeep_plugins.metrics import AgreementMeter
+
+__all__ = ["EvaluationBatch", "PassMeters"]
 
 HISTORY_PASSES = 64  # a trend needs the last few passes; 20,000 steps must not grow memory
 _TALLIES = ("samples", "mismatches", "labelled", "negative_flips")  # PassCount's fields
@@ -24,22 +31,39 @@ class PassMeters:
     def __init__(self, history: int = HISTORY_PASSES) -> None:
         self.all = AgreementMeter()
         self.last = AgreementMeter()
-        self.passes = 0
+        self.boundaries = PassBoundaries()
         self._last_pass = 0
-        self._in_pass = False
         self._max_history = max(1, history)
         self._history: dict[int, list[int]] = {}  # pass id -> tallies, in _TALLIES order
         self._forgotten = 0  # passes up to this id were dropped from the history
 
-    def pass_of_next_forward(self, training: bool) -> int:
-        """The pass number of a forward now starting (0 for training forwards)."""
+    @property
+    def passes(self) -> int:
+        return self.boundaries.passes
+
+    def pass_of_next_forward(self, training: bool, batch: EvaluationBatch | None = None) -> int:
+        """The pass number of a forward now starting (0 for training forwards).
+
+        Without ``batch`` only rules 1-3 of the module docstring apply.
+        """
         if training:
-            self._in_pass = False
+            self.boundaries.training()
             return 0
-        if not self._in_pass:
-            self._in_pass = True
-            self.passes += 1
-        return self.passes
+        return self.boundaries.evaluation(batch)
+
+    def watch(self, student: nn.Module) -> None:
+        """Hear ``student``'s eval()/train() calls and DataLoader iterators (undo: unwatch)."""
+        self.boundaries.watch(student)
+
+    def unwatch(self) -> None:
+        self.boundaries.unwatch()
+
+    def ambiguities(self) -> tuple[str, ...]:
+        """One sentence per kind of pass boundary that could not be told apart, or none."""
+        return tuple(
+            f"{message} (seen {times} time{'s' if times > 1 else ''}, latest at pass {latest})"
+            for message, (times, latest) in self.boundaries.ambiguous.items()
+        )
 
     def update(
         self,
