@@ -21,7 +21,7 @@ from labelkeep_plugins.config import Config, LossConfig, load_config
 from labelkeep_plugins.errors import LabelkeepError
 from labelkeep_plugins.jsonfile import write_json
 from labelkeep_plugins.tuning.objective import Measurement, measurement_from_report
-from labelkeep_plugins.tuning.trial import log_tail, run_trial
+from labelkeep_plugins.tuning.trial import TrialRun, output_pointer, run_trial
 
 ARMS = ("plain", "labelkeep")
 
@@ -76,10 +76,7 @@ def run_comparison(
             directory = out / f"seed{seed}" / arm
             run = run_trial(argv, directory, arm_config, header=f"labelkeep compare: {arm}")
             if run.exit_code != 0 or run.report is None:
-                raise LabelkeepError(
-                    f"seed {seed}, {arm}: the command failed (exit {run.exit_code}): "
-                    f"{run.problem or log_tail(directory)}"
-                )
+                raise _failed(f"seed {seed}, {arm}", run, directory)
             measured = measurement_from_report(run.report, source=str(directory))
             results[arm].append(measured)
             echo(
@@ -97,6 +94,14 @@ def run_comparison(
             },
         )
     return results
+
+
+def _failed(which: str, run: TrialRun, directory: Path) -> LabelkeepError:
+    """A run with no figures, in the words ``labelkeep tune`` uses (exit code, stderr tail)."""
+    if run.exit_code not in (0, None):
+        where = output_pointer(directory, run.stderr_tail)
+        return LabelkeepError(f"{which}: the command failed (exit {run.exit_code}); {where}")
+    return LabelkeepError(f"{which}: {run.problem}")
 
 
 def format_table(results: dict[str, list[Measurement]], title: str) -> str:

@@ -18,7 +18,12 @@ from labelkeep_plugins.adapters import Adapter, check_compatibility
 from labelkeep_plugins.config import Config, load_config
 from labelkeep_plugins.errors import PluginError
 from labelkeep_plugins.importhooks import ImportCallback, cancel, when_imported
-from labelkeep_plugins.plugins import collect, disabled_adapter_names, load_plugins
+from labelkeep_plugins.plugins import (
+    collect,
+    disabled_adapter_names,
+    load_plugins,
+    unknown_name_lines,
+)
 from labelkeep_plugins.session import AdapterStatus, Session
 
 _lock = threading.RLock()
@@ -138,12 +143,10 @@ def _warn_unknown_disabled(session: Session, known: list[str]) -> None:
         "disabled_adapters": set(session.config.disabled_adapters),
     }
     for where, names in sources.items():
-        for name in sorted(names - set(known) - {"*"}):
-            session.warn(
-                "labelkeep",
-                f"{where} names {name!r}, which is no installed adapter, so it switches nothing "
-                f"off; known adapters: {', '.join(sorted(known)) or 'none'}",
-            )
+        for line in unknown_name_lines(
+            where, names, known, kind="adapter", effect="switches nothing off"
+        ):
+            session.warn("labelkeep", line)
 
 
 def _skip_line(session: Session, adapter: Adapter, reason: str, installed: str | None) -> None:

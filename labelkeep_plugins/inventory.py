@@ -9,12 +9,16 @@ from labelkeep_plugins.adapters import check_compatibility
 from labelkeep_plugins.builtin import DEFAULT_PLUGINS
 from labelkeep_plugins.errors import PluginError
 from labelkeep_plugins.plugins import (
+    ALLOW_LIST_ENV,
+    AUTOLOAD_OFF_ENV,
+    EntryPointSelection,
     collect,
     disabled_adapter_names,
     load_plugins,
     loss_terms,
     plugin_distribution,
     plugin_failures,
+    plugin_selection,
     tuner_factories,
 )
 
@@ -30,8 +34,36 @@ def inventory_lines() -> Iterator[str]:
         yield f"  {name} ({origin})"
     for failure in plugin_failures():
         yield f"  {failure.name} ({failure.distribution}): FAILED to load: {failure.error}"
+    yield from _selection_lines(plugin_selection())
     yield from _registry_lines()
     yield from _adapter_lines()
+
+
+def _selection_lines(selection: EntryPointSelection) -> Iterator[str]:
+    """Installed plugins the switches keep out (unknown allow-list names go to stderr)."""
+    if selection.autoload_off:
+        yield f"  (no entry-point plugin loaded: {AUTOLOAD_OFF_ENV} is set)"
+    elif selection.left_out:
+        yield f"  not loaded ({_allow_text(selection)}): {', '.join(selection.left_out)}"
+
+
+def _why_no_adapters(selection: EntryPointSelection) -> str:
+    """The true reason no adapter is registered: switched off, left out, failed or absent."""
+    if selection.autoload_off:
+        return f"none loaded ({AUTOLOAD_OFF_ENV} is set)"
+    if selection.allow is not None and not set(selection.allow) & set(selection.installed):
+        installed = ", ".join(sorted(selection.installed)) or "no plugin is installed"
+        return f"none loaded ({_allow_text(selection)} names none of: {installed})"
+    failed = [failure.name for failure in plugin_failures()]
+    if failed:
+        return f"none loaded (failed to load: {', '.join(failed)}; see above)"
+    if selection.left_out:
+        return f"none loaded ({_allow_text(selection)} leaves out: {', '.join(selection.left_out)})"
+    return "none installed"
+
+
+def _allow_text(selection: EntryPointSelection) -> str:
+    return f"{ALLOW_LIST_ENV}={','.join(sorted(selection.allow or ()))}"
 
 
 def _registry_lines() -> Iterator[str]:
@@ -49,7 +81,7 @@ def _registry_lines() -> Iterator[str]:
 
 def _adapter_lines() -> Iterator[str]:
     registered = [(plugin, args[0]) for plugin, args in collect("labelkeep_register_adapters")]
-    yield "adapters:" if registered else "adapters: none installed"
+    yield "adapters:" if registered else f"adapters: {_why_no_adapters(plugin_selection())}"
     disabled = disabled_adapter_names()
     by_module: dict[str, list[str]] = defaultdict(list)
     for plugin, adapter in registered:

@@ -3,7 +3,8 @@
 Loading is idempotent. Environment switches:
 
 * ``LABELKEEP_DISABLE_PLUGIN_AUTOLOAD`` (any non-empty value): load no entry-point plugin.
-* ``LABELKEEP_PLUGINS``: comma-separated allow-list of entry-point names to load.
+* ``LABELKEEP_PLUGINS``: comma-separated allow-list of entry-point names to load (a name
+  that matches no installed plugin is named on stderr, once, with the installed ones).
 * ``LABELKEEP_DISABLED_ADAPTERS``: comma-separated adapter names not to activate (``*`` = all).
 """
 
@@ -11,9 +12,10 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
@@ -40,11 +42,38 @@ class PluginFailure:
     error: str
 
 
+@dataclass(frozen=True)
+class EntryPointSelection:
+    """Which installed entry-point plugins the environment switches let load, and which not.
+
+    Kept so that ``labelkeep plugins`` can say *why* a plugin (and its adapters) is absent
+    instead of calling it not installed.
+    """
+
+    autoload_off: bool  # LABELKEEP_DISABLE_PLUGIN_AUTOLOAD was set: no entry point was read
+    allow: frozenset[str] | None  # LABELKEEP_PLUGINS; None when unset
+    installed: tuple[str, ...]  # every entry point in the group (empty when autoload is off)
+
+    def allows(self, name: str) -> bool:
+        return not self.autoload_off and (self.allow is None or name in self.allow)
+
+    @property
+    def left_out(self) -> list[str]:
+        """Installed plugins that the allow-list keeps out."""
+        return sorted(name for name in self.installed if not self.allows(name))
+
+    @property
+    def unknown(self) -> list[str]:
+        """Allow-list names that match no installed plugin (they load nothing)."""
+        return sorted((self.allow or frozenset()) - set(self.installed))
+
+
 _lock = threading.Lock()
 _manager: pluggy.PluginManager | None = None
 _loaded = False
 _failures: list[PluginFailure] = []
 _distributions: dict[str, str] = {}  # entry-point plugin name -> "distribution version"
+_selection: list[EntryPointSelection] = []  # the one of the last load_plugins(), if any
 
 
 def get_plugin_manager() -> pluggy.PluginManager:
@@ -71,9 +100,7 @@ def load_plugins(*, strict: bool = False) -> pluggy.PluginManager:
         for module_name in DEFAULT_PLUGINS:
             if pm.get_plugin(module_name) is None:
                 pm.register(importlib.import_module(module_name), name=module_name)
-        if not os.environ.get(AUTOLOAD_OFF_ENV):
-            for entry_point in _allowed_entry_points():
-                _load_entry_point(pm, entry_point, strict=strict)
+        _load_entry_points(pm, strict=strict)
         _loaded = True
     return pm
 
@@ -86,6 +113,7 @@ def reset_plugins() -> None:
         _loaded = False
         _failures.clear()
         _distributions.clear()
+        _selection.clear()
 
 
 def plugin_distribution(name: str) -> str | None:
@@ -98,11 +126,49 @@ def plugin_failures() -> list[PluginFailure]:
     return list(_failures)
 
 
-def _allowed_entry_points() -> Iterator[EntryPoint]:
+def plugin_selection() -> EntryPointSelection:
+    """What the environment let :func:`load_plugins` import (loads the plugins first)."""
+    load_plugins()
+    return _selection[0]
+
+
+def unknown_name_lines(
+    where: str, names: Iterable[str], known: Iterable[str], *, kind: str, effect: str
+) -> list[str]:
+    """One line per name in a user's list that matches nothing known, with the known names.
+
+    Such a name is nearly always a typo, and it does nothing at all: without this line the
+    user cannot tell it from a name that worked.
+    """
+    known = sorted(set(known))
+    return [
+        f"{where} names {name!r}, which is no installed {kind}, so it {effect}; "
+        f"known {kind}s: {', '.join(known) or 'none'}"
+        for name in sorted(set(names) - set(known) - {"*"})
+    ]
+
+
+def _load_entry_points(pm: pluggy.PluginManager, *, strict: bool) -> None:
+    """Load the allowed entry points; record what was found and name unknown allowed names."""
     allow = _name_list(os.environ.get(ALLOW_LIST_ENV))
-    for entry_point in entry_points(group=ENTRY_POINT_GROUP):
-        if allow is None or entry_point.name in allow:
-            yield entry_point
+    frozen = None if allow is None else frozenset(allow)
+    if os.environ.get(AUTOLOAD_OFF_ENV):
+        _selection[:] = [EntryPointSelection(True, frozen, ())]
+        return
+    found = list(entry_points(group=ENTRY_POINT_GROUP))
+    selection = EntryPointSelection(False, frozen, tuple(ep.name for ep in found))
+    _selection[:] = [selection]
+    for line in unknown_name_lines(
+        ALLOW_LIST_ENV,
+        selection.unknown,
+        selection.installed,
+        kind="plugin",
+        effect="loads nothing",
+    ):
+        print(f"labelkeep: {line}", file=sys.stderr)
+    for entry_point in found:
+        if selection.allows(entry_point.name):
+            _load_entry_point(pm, entry_point, strict=strict)
 
 
 def _load_entry_point(pm: pluggy.PluginManager, entry_point: EntryPoint, *, strict: bool) -> None:

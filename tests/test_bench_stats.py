@@ -240,3 +240,70 @@ def test_every_axis_of_the_plot_is_labelled(tmp_path: Path, monkeypatch) -> None
     assert all(a.get_xlabel() and a.get_ylabel() and a.get_title() for a in axes)
     monkeypatch.undo()
     plt.close("all")
+
+
+def _drawn(monkeypatch, tmp_path: Path, runs) -> list[Any]:
+    """The axes of the figure write_plot draws for ``runs`` (caught before it is closed)."""
+    import matplotlib.pyplot as plt
+
+    from labelkeep_plugins.bench import plot
+
+    figures: list[Any] = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    methods = sorted({key.method for key in runs})
+    cells = sorted({key.cell for key in runs})
+    plot.write_plot(summarize(runs, cells, methods), tmp_path)
+    monkeypatch.undo()
+    plt.close("all")
+    return figures[0].axes
+
+
+def _error_segments(axis: Any) -> list[float]:
+    """The height of every error bar drawn on ``axis``."""
+    from matplotlib.collections import LineCollection
+
+    return [
+        abs(segment[1][1] - segment[0][1])
+        for collection in axis.collections
+        if isinstance(collection, LineCollection)
+        for segment in collection.get_segments()
+    ]
+
+
+def test_one_seed_plot_claims_no_spread_and_draws_no_error_bar(tmp_path, monkeypatch) -> None:
+    pytest.importorskip("matplotlib")
+    runs = {r.key: r for m in ("plain", "tuned") for r in [result("c/d/heavy", m, 0)]}
+    axes = _drawn(monkeypatch, tmp_path, runs)
+    assert len(axes) == 2
+    assert all(a.get_xlabel() and a.get_ylabel() and a.get_title() for a in axes)
+    assert all("±" not in a.get_title() and "CI" not in a.get_title() for a in axes)
+    assert axes[0].get_title().endswith("\none seed: no error bars")
+    assert axes[1].get_title().endswith("\none paired seed: no error bars")
+    assert all(_error_segments(a) == [] for a in axes)
+
+
+def test_the_plot_title_says_how_many_seeds(tmp_path, monkeypatch) -> None:
+    pytest.importorskip("matplotlib")
+    runs = {r.key: r for m in ("plain", "tuned") for s in range(3) for r in [result("c", m, s)]}
+    axes = _drawn(monkeypatch, tmp_path, runs)
+    assert axes[0].get_title().endswith("\nmean ± sd over 3 seeds")
+    assert axes[1].get_title().endswith("\nbootstrap 95% CI over 3 paired seeds")
+    assert len(_error_segments(axes[0])) == 2 and len(_error_segments(axes[1])) == 1
+
+
+def test_a_single_seed_bar_among_several_gets_no_error_bar(tmp_path, monkeypatch) -> None:
+    pytest.importorskip("matplotlib")
+    runs = {
+        r.key: r
+        for cell in ("a", "b")
+        for m in ("plain", "tuned")
+        for s in range(3)
+        for r in [result(cell, m, s)]
+        if not (cell == "b" and m == "tuned" and s > 0)
+    }
+    axes = _drawn(monkeypatch, tmp_path, runs)
+    assert "a bar with no error bar has one seed" in axes[0].get_title()
+    assert "a bar with no error bar has one seed" in axes[1].get_title()
+    mismatch_bars, reduction_bars = _error_segments(axes[0]), _error_segments(axes[1])
+    assert len(mismatch_bars) == 3 and all(height > 0 for height in mismatch_bars)
+    assert len(reduction_bars) == 1 and reduction_bars[0] > 0  # b/tuned: one paired seed

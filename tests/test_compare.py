@@ -69,3 +69,25 @@ def test_unmeasured_negative_flips_print_n_a_and_say_why() -> None:
     seen = [Measurement(100, 10, negative_flips=4), Measurement(100, 12, negative_flips=6)]
     table = format_table({"plain": seen, "labelkeep": seen}, "train.py")
     assert "negative flips 1.00x" in table and UNSEEN_LABELS not in table
+
+
+EARLY_EXIT = (
+    "import sys\n"
+    "print('FileNotFoundError: data/train.csv', file=sys.stderr)\n"
+    "sys.exit(int(sys.argv[1]))\n"
+)
+
+
+@pytest.mark.parametrize("code", [0, 5])
+def test_compare_tells_an_early_exit_by_its_code_and_last_lines(tmp_path, capsys, code) -> None:
+    script = tmp_path / "early.py"
+    script.write_text(EARLY_EXIT)
+    command = [sys.executable, "-I", str(script), str(code)]
+    assert main(["compare", "--seeds", "0", "--out", str(tmp_path / "c"), "--", *command]) == 2
+    err = capsys.readouterr().err
+    assert "FileNotFoundError: data/train.csv" in err and "output.log" in err
+    if code:
+        assert "seed 0, plain: the command failed (exit 5); output in " in err
+        assert "must run Python" not in err
+    else:  # it ran fine and wrote no report: only then is "must run Python" the hint
+        assert "exited 0" in err and "must run Python" in err

@@ -49,3 +49,51 @@ def test_reports_conflicts_instead_of_failing(capsys) -> None:
     assert "nni-fork (plugin nni-fork): nni" in out
     if "  nni (plugin nni)" in out:  # the real NNI adapter is installed alongside
         assert "CONFLICT: nni, nni-fork all patch nni" in out
+
+
+INSTALLED = ["nni", "torch-pruning", "brevitas"]
+
+
+def _installed(monkeypatch) -> None:
+    """Three installed adapter plugins (never imported: each test keeps them out)."""
+    from importlib.metadata import EntryPoint
+
+    from labelkeep_plugins import plugins
+
+    found = [EntryPoint(name, f"labelkeep_{name}", "labelkeep") for name in INSTALLED]
+    monkeypatch.setattr(plugins, "entry_points", lambda **selection: found)
+
+
+def test_an_allow_list_naming_no_installed_plugin_is_not_none_installed(
+    monkeypatch, capsys
+) -> None:
+    _installed(monkeypatch)
+    monkeypatch.setenv("LABELKEEP_PLUGINS", "doesnotexist")
+    assert main(["plugins"]) == 0
+    captured = capsys.readouterr()
+    assert "none installed" not in captured.out
+    assert (
+        "adapters: none loaded (LABELKEEP_PLUGINS=doesnotexist names none of: "
+        "brevitas, nni, torch-pruning)" in captured.out
+    )
+    assert "  not loaded (LABELKEEP_PLUGINS=doesnotexist): brevitas, nni, torch-pruning" in (
+        captured.out
+    )
+    assert captured.err.count("LABELKEEP_PLUGINS names 'doesnotexist'") == 1
+
+
+def test_autoload_off_is_not_none_installed(monkeypatch, capsys) -> None:
+    _installed(monkeypatch)
+    monkeypatch.setenv("LABELKEEP_DISABLE_PLUGIN_AUTOLOAD", "1")
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "adapters: none loaded (LABELKEEP_DISABLE_PLUGIN_AUTOLOAD is set)" in out
+    assert "none installed" not in out
+
+
+def test_no_adapter_plugin_at_all_is_none_installed(monkeypatch, capsys) -> None:
+    from labelkeep_plugins import plugins
+
+    monkeypatch.setattr(plugins, "entry_points", lambda **selection: [])
+    assert main(["plugins"]) == 0
+    assert "adapters: none installed" in capsys.readouterr().out

@@ -254,3 +254,49 @@ def test_disabled_adapter_names(monkeypatch, value, expected):
 
 def test_disabled_adapter_names_unset():
     assert plugins.disabled_adapter_names() == set()
+
+
+def test_an_unknown_allow_list_name_is_said_once_with_the_known_ones(
+    fake_entry_points, monkeypatch, capsys
+):
+    monkeypatch.setenv("LABELKEEP_PLUGINS", "doesnotexist")
+    pm = plugins.load_plugins()
+    plugins.load_plugins()
+    plugins.loss_terms()
+    err = capsys.readouterr().err
+    assert pm.get_plugin("good") is None and pm.get_plugin("bad") is None
+    lines = [line for line in err.splitlines() if "doesnotexist" in line]
+    assert lines == [
+        "labelkeep: LABELKEEP_PLUGINS names 'doesnotexist', which is no installed plugin, so it "
+        "loads nothing; known plugins: bad, good"
+    ]
+    selection = plugins.plugin_selection()
+    assert selection.unknown == ["doesnotexist"] and selection.left_out == ["bad", "good"]
+
+
+def test_only_the_unknown_names_of_an_allow_list_are_named(fake_entry_points, monkeypatch, capsys):
+    monkeypatch.setenv("LABELKEEP_PLUGINS", " nothing , good ,")
+    assert plugins.load_plugins().get_plugin("good") is not None
+    err = capsys.readouterr().err
+    assert "names 'nothing'" in err and "'good'" not in err
+    assert plugins.plugin_selection().left_out == ["bad"]
+
+
+def test_a_known_allow_list_and_no_allow_list_say_nothing(fake_entry_points, monkeypatch, capsys):
+    monkeypatch.setenv("LABELKEEP_PLUGINS", "good")
+    plugins.load_plugins()
+    assert "LABELKEEP_PLUGINS" not in capsys.readouterr().err
+    assert plugins.plugin_selection().unknown == []
+
+
+def test_unknown_name_lines_are_shared_by_every_list_of_names():
+    lines = plugins.unknown_name_lines(
+        "X", ["b", "a", "*", "zz"], ["a"], kind="adapter", effect="does nothing"
+    )
+    assert lines == [
+        "X names 'b', which is no installed adapter, so it does nothing; known adapters: a",
+        "X names 'zz', which is no installed adapter, so it does nothing; known adapters: a",
+    ]
+    assert plugins.unknown_name_lines("X", ["a"], [], kind="plugin", effect="e") == [
+        "X names 'a', which is no installed plugin, so it e; known plugins: none"
+    ]

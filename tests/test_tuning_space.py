@@ -112,3 +112,16 @@ def test_search_space_command_writes_and_checks(tmp_path: Path, capsys) -> None:
     out.write_text(json.dumps({"kd": {"_type": "uniform", "_value": [-1, 1]}}))
     assert main(["search-space", "--check", str(out)]) == 2
     assert "'kd'" in capsys.readouterr().err
+
+
+def test_describe_space_names_the_searched_keys_and_the_fixed_weights() -> None:
+    from labelkeep_plugins.tuning.space import describe_space
+
+    text = describe_space(default_search_space(), LossConfig())
+    assert text.startswith(
+        "searching focal_scale, hard, kd, logit_mse, temperature, each drawn on its own; "
+        "kept at the base configuration: ce=1 (ce, your own loss, is searched only when named"
+    )
+    assert "[0.1, 1.0]" in text
+    searched = describe_space(default_search_space(["ce", "kd"]), LossConfig())
+    assert searched == "searching ce, focal_scale, kd, temperature, each drawn on its own"

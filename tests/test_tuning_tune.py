@@ -285,3 +285,72 @@ def test_an_interrupted_search_keeps_finished_trials_and_resumes(
     monkeypatch.setattr(search, "run_trial", real_run_trial)
     assert tune(out, "--trials", "3", command=fake) == 0
     assert [t["status"] for t in results(out)["trials"]] == ["ok"] * 4
+
+
+EARLY_EXIT = (
+    "import sys\n"
+    "print('loading data')\n"
+    "print('FileNotFoundError: data/train.csv', file=sys.stderr)\n"
+    "sys.exit(int(sys.argv[1]))\n"
+)
+
+
+def test_a_python_command_that_exits_early_is_told_by_its_code_and_last_lines(
+    tmp_path: Path,
+) -> None:
+    from labelkeep_plugins.config import Config
+    from labelkeep_plugins.tuning.trial import run_trial
+
+    script = tmp_path / "early.py"
+    script.write_text(EARLY_EXIT)
+    command = [sys.executable, "-I", str(script)]
+    run = run_trial([*command, "3"], tmp_path / "t3", Config(), header="h")
+    assert run.exit_code == 3 and run.report is None
+    assert run.problem.startswith("exit code 3; output in ")
+    # stderr's last lines, even though buffered stdout reached the log after them
+    assert run.problem.endswith("its stderr:\nFileNotFoundError: data/train.csv")
+    assert "must run Python" not in run.problem
+    log = (tmp_path / "t3" / "output.log").read_text()
+    assert sorted(log.splitlines()) == ["FileNotFoundError: data/train.csv", "loading data"]
+    run = run_trial([*command, "0"], tmp_path / "t0", Config(), header="h")
+    assert "exited 0" in run.problem and "must run Python" in run.problem
+    assert run.problem.endswith("FileNotFoundError: data/train.csv")
+
+
+def test_a_command_killed_by_a_signal_names_the_signal(tmp_path: Path) -> None:
+    from labelkeep_plugins.config import Config
+    from labelkeep_plugins.tuning.trial import run_trial
+
+    kill = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
+    run = run_trial([sys.executable, "-I", "-c", kill], tmp_path / "k", Config(), header="h")
+    assert run.problem.startswith("killed by SIGKILL (exit code -9); output in ")
+
+
+def test_the_plain_trial_of_an_early_exit_says_its_code_not_must_run_python(
+    tmp_path: Path, capsys
+) -> None:
+    script = tmp_path / "early.py"
+    script.write_text(EARLY_EXIT)
+    command = [sys.executable, "-I", str(script), "3"]
+    assert tune(tmp_path / "out", "--trials", "1", "--seed", "1", command=command) == 1
+    err = capsys.readouterr().err
+    assert "the command itself fails without labelkeep" in err and "exit code 3" in err
+    assert "FileNotFoundError: data/train.csv" in err and "must run Python" not in err
+
+
+def test_the_search_says_which_weights_it_searches_and_which_it_keeps(
+    tmp_path: Path, fake: list[str], capsys
+) -> None:
+    assert tune(tmp_path / "a", "--trials", "1", "--seed", "1", command=fake) == 0
+    err = capsys.readouterr().err
+    assert "labelkeep tune: searching focal_scale, hard, kd, logit_mse, temperature" in err
+    assert "kept at the base configuration: ce=1 " in err
+    assert "ce=" not in err.split("settings", 1)[1].replace("weights {ce: 1.0}", "")
+    assert (
+        tune(tmp_path / "b", "--trials", "1", "--seed", "1", "--terms", "ce,kd", command=fake) == 0
+    )
+    err = capsys.readouterr().err
+    assert (
+        "labelkeep tune: searching ce, focal_scale, kd, temperature, each drawn on its own\n" in err
+    )
+    assert " ce=0." in err or " ce=1 " in err  # the trial line shows the searched ce

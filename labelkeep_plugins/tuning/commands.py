@@ -73,7 +73,9 @@ def _add_search_space(commands: Any) -> None:
         "search-space",
         help="write an NNI search space over the loss weights",
         description="Write the NNI search space (JSON) of labelkeep's loss: the registered "
-        "terms' weights, the temperature and the focal scale. Use it as an NNI experiment's "
+        "teacher terms' weights, the temperature and the focal scale, each drawn on its own. "
+        "ce (your own loss) is searched only when named (--terms ce,...); a weight the space "
+        "leaves out keeps the configuration's value. Use it as an NNI experiment's "
         "searchSpaceFile, or edit it and give it to labelkeep tune --search-space.",
     )
     space.add_argument("--terms", help="comma-separated terms (default: every teacher term)")
@@ -125,7 +127,12 @@ def _search_space(options: argparse.Namespace) -> int:
         read_search_space(options.check)
         print(f"{options.check}: a valid labelkeep search space", file=sys.stderr)
         return 0
-    text = space_json(_space(options))
+    from labelkeep_plugins.config import LossConfig
+    from labelkeep_plugins.tuning.space import describe_space
+
+    space = _space(options)
+    text = space_json(space)
+    print(f"labelkeep: {describe_space(space, LossConfig())}", file=sys.stderr)
     if options.out:
         Path(options.out).write_text(text, encoding="utf-8")
     else:

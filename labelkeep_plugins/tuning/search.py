@@ -22,7 +22,7 @@ from labelkeep_plugins.errors import ConfigError, LabelkeepError
 from labelkeep_plugins.tuning.algorithms import SearchAlgorithm, SpaceExhausted, make_algorithm
 from labelkeep_plugins.tuning.metric import DEFAULT_MODE, Metric, MetricError
 from labelkeep_plugins.tuning.objective import Objective, measurement_from_report, rank
-from labelkeep_plugins.tuning.space import parameters_to_loss
+from labelkeep_plugins.tuning.space import describe_space, parameters_to_loss
 from labelkeep_plugins.tuning.store import (
     LOG_FILE,
     REPORT_FILE,
@@ -34,7 +34,7 @@ from labelkeep_plugins.tuning.store import (
 )
 from labelkeep_plugins.tuning.summary import ALL_FAILED, finish
 from labelkeep_plugins.tuning.table import LiveTable
-from labelkeep_plugins.tuning.trial import TrialRun, log_tail, run_trial, trial_config
+from labelkeep_plugins.tuning.trial import TrialRun, run_trial, trial_config
 
 PLAIN_LOSS = {"weights": {"ce": 1.0}}
 DEFAULT_ALGORITHM = "tpe"
@@ -66,8 +66,8 @@ class PlainTrialFailed(LabelkeepError):
         else:
             why = "it ran, but could not be judged"
         super().__init__(
-            f"the plain trial 0 failed, and it adds nothing to training: {why} "
-            f"({record.error or 'no reason given'}). Fix that first; no other trial was run"
+            f"the plain trial 0 failed, and it adds nothing to training: {why}, so no other "
+            f"trial was run; fix that first. Trial 0: {record.error or 'no reason given'}"
         )
 
 
@@ -202,6 +202,9 @@ class _Search:
             f"plain trial 0; seed {self.settings.seed}; output in {self.request.out}"
             + (f" (resuming: {resumed} finished trial(s) read back)" if resumed else "")
         )
+        self.table.note(
+            f"labelkeep tune: {describe_space(self.settings.search_space, self.request.base.loss)}"
+        )
 
     def _objective(self, baseline: float | None) -> Objective:
         mode = None if self.metric is None else self.metric.mode
@@ -288,11 +291,8 @@ def _record(
 
 
 def _failure(run: TrialRun, directory: Path) -> str | None:
-    if run.exit_code is None or run.exit_code == 0:
-        return run.problem
-    tail = log_tail(directory)
-    where = f"exit code {run.exit_code}; output in {directory / LOG_FILE}"
-    return f"{where}:\n{tail}" if tail else where
+    """Why the trial failed: :func:`run_trial` words it (exit code, last lines of stderr)."""
+    return run.problem
 
 
 def _same_parameters(a: Mapping[str, Any], b: Mapping[str, Any] | None) -> bool:

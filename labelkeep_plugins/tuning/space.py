@@ -4,7 +4,9 @@ The format is NNI's (``{"kd": {"_type": "uniform", "_value": [0, 2]}, ...}``) so
 file serves ``labelkeep tune`` and an NNI experiment's ``searchSpaceFile``. Keys are
 loss-term names (their weights) plus ``temperature``, ``focal_base`` and ``focal_scale``.
 A parameter set only overrides what it names: the rest keeps the base configuration's
-values, so the user's own term ``ce`` stays at its weight unless the space names it.
+values, so the user's own term ``ce`` stays at its weight unless the space names it. Every
+key of a space is drawn independently; no weight is derived from another (``ce`` is not
+``1 - kd``). The default space (:func:`default_search_space`) leaves ``ce`` out.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 from labelkeep_plugins.config import FocalConfig, LossConfig
 from labelkeep_plugins.errors import ConfigError
+from labelkeep_plugins.terms import GROUND_TRUTH_TERM
 
 TEMPERATURE = "temperature"
 FOCAL_BASE = "focal_base"
@@ -69,6 +72,27 @@ def default_search_space(terms: Sequence[str] | None = None) -> dict[str, dict[s
     if any(known[name].teacher for name in chosen):
         space[FOCAL_SCALE] = dict(DEFAULT_RANGES[FOCAL_SCALE])
     return {key: {"_type": s["_type"], "_value": list(s["_value"])} for key, s in space.items()}
+
+
+def describe_space(space: Mapping[str, Any], base: LossConfig) -> str:
+    """Which keys a search varies, and which weights stay at the base configuration's value.
+
+    A trial line names only the searched keys, and the default space leaves ``ce`` (the
+    user's own loss) out: without this line a fixed weight looks absent, and a searched
+    ``ce`` (``--terms ce,...``) looks derived from the others. No weight is derived.
+    """
+    text = f"searching {', '.join(sorted(space))}, each drawn on its own"
+    fixed = {name: weight for name, weight in base.weights.items() if name not in space}
+    if fixed:
+        held = ", ".join(f"{name}={weight:.3g}" for name, weight in sorted(fixed.items()))
+        text += f"; kept at the base configuration: {held}"
+    if GROUND_TRUTH_TERM not in space:
+        low, high = DEFAULT_RANGES[GROUND_TRUTH_TERM]["_value"]
+        text += (
+            f" ({GROUND_TRUTH_TERM}, your own loss, is searched only when named in --terms or "
+            f"the space file; its default range is [{low}, {high}])"
+        )
+    return text
 
 
 def read_search_space(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
