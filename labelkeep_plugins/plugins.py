@@ -41,6 +41,14 @@ class PluginFailure:
     distribution: str
     error: str
 
+    @property
+    def message(self) -> str:
+        return (
+            f"labelkeep: plugin {self.name!r} from {self.distribution!r} failed to load "
+            f"({self.error}); it is skipped. Uninstall or fix it, or leave it out "
+            f"with {ALLOW_LIST_ENV}."
+        )
+
 
 @dataclass(frozen=True)
 class EntryPointSelection:
@@ -90,12 +98,16 @@ def load_plugins(*, strict: bool = False) -> pluggy.PluginManager:
     """Register the built-ins and the entry-point plugins once; later calls return at once.
 
     A plugin whose import fails is skipped with a warning (``strict=True`` raises
-    :class:`PluginError` instead) and listed by :func:`plugin_failures`.
+    :class:`PluginError` instead) and listed by :func:`plugin_failures`. A strict call
+    after a lenient one (validating a configuration loads the plugins) raises for the
+    failures the lenient one skipped, so ``--strict`` is never answered from a cache.
     """
     global _loaded
     pm = get_plugin_manager()
     with _lock:
         if _loaded:
+            if strict and _failures:
+                raise PluginError(_failures[0].message)
             return pm
         for module_name in DEFAULT_PLUGINS:
             if pm.get_plugin(module_name) is None:
@@ -180,17 +192,11 @@ def _load_entry_point(pm: pluggy.PluginManager, entry_point: EntryPoint, *, stri
         if entry_point.dist is not None:
             _distributions[entry_point.name] = f"{distribution} {entry_point.dist.version}"
     except Exception as exc:
-        message = (
-            f"labelkeep: plugin {entry_point.name!r} from {distribution!r} failed to load "
-            f"({type(exc).__name__}: {exc}); it is skipped. Uninstall or fix it, or leave it out "
-            f"with {ALLOW_LIST_ENV}."
-        )
+        failure = PluginFailure(entry_point.name, distribution, f"{type(exc).__name__}: {exc}")
         if strict:
-            raise PluginError(message) from exc
-        _failures.append(
-            PluginFailure(entry_point.name, distribution, f"{type(exc).__name__}: {exc}")
-        )
-        warnings.warn(message, LabelkeepWarning, stacklevel=3)
+            raise PluginError(failure.message) from exc
+        _failures.append(failure)
+        warnings.warn(failure.message, LabelkeepWarning, stacklevel=3)
 
 
 def _name_list(value: str | None) -> set[str] | None:

@@ -207,6 +207,21 @@ def test_entry_points_strict_raises(fake_entry_points):
     assert isinstance(info.value.__cause__, ImportError)
 
 
+def test_strict_after_a_lenient_load_raises_for_what_it_skipped(fake_entry_points):
+    """A config validated first (LossConfig loads plugins leniently) must not defuse --strict."""
+    from labelkeep_plugins import Config
+
+    with pytest.warns(LabelkeepWarning, match="'bad'"):
+        Config(loss={"weights": {"kd": 1.0}})  # validating the weights loads every plugin
+    with pytest.raises(PluginError, match=r"plugin 'bad' from .* failed to load"):
+        plugins.load_plugins(strict=True)
+    with pytest.raises(PluginError, match="'bad'"):
+        from labelkeep_plugins import instrument
+
+        instrument(Config(strict=True))
+    assert plugins.load_plugins() is plugins.get_plugin_manager()  # lenient: still fine
+
+
 def test_autoload_disabled_keeps_builtins(fake_entry_points, monkeypatch):
     monkeypatch.setenv("LABELKEEP_DISABLE_PLUGIN_AUTOLOAD", "1")
     plugins.reset_plugins()
