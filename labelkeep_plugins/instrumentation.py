@@ -146,7 +146,7 @@ def _warn_unknown_disabled(session: Session, known: list[str]) -> None:
         for line in unknown_name_lines(
             where, names, known, kind="adapter", effect="switches nothing off"
         ):
-            session.warn("labelkeep", line)
+            session.warn("configuration", line)
 
 
 def _skip_line(session: Session, adapter: Adapter, reason: str, installed: str | None) -> None:

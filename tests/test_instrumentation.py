@@ -203,7 +203,7 @@ def test_a_misspelled_disabled_adapter_is_named_with_the_known_ones(
     ):
         line = [w for w in warnings if f"{where} names {name!r}" in w]
         assert len(line) == 1 and "known adapters:" in line[0] and "fake" in line[0]
-        assert f"{where} names {name!r}" in err
+        assert f"labelkeep: configuration: {where} names {name!r}" in err  # one prefix
 
 
 def test_wrapper_on_top_is_left_in_place(framework) -> None:
