@@ -16,8 +16,7 @@ from labelkeep_plugins.bench.store import RunResult
 from labelkeep_plugins.config import Config
 from labelkeep_plugins.errors import LabelkeepError
 from labelkeep_plugins.tuning.objective import measurement_from_report
-from labelkeep_plugins.tuning.store import LOG_FILE
-from labelkeep_plugins.tuning.trial import log_tail, run_trial
+from labelkeep_plugins.tuning.trial import run_trial
 
 RunFunction = Callable[[RunKey, Sequence[str], Config, Path], RunResult]
 
@@ -28,7 +27,7 @@ def execute_run(key: RunKey, command: Sequence[str], config: Config, directory: 
     run = run_trial(command, directory, config, header=header)
     loss = config.to_dict()["loss"]
     if run.exit_code not in (0, None) or run.report is None:
-        return RunResult(key, "failed", run.seconds, loss=loss, error=_problem(run, directory))
+        return RunResult(key, "failed", run.seconds, loss=loss, error=str(run.problem))
     try:
         figures = figures_from_report(run.report, source=str(directory / "report.json"))
     except LabelkeepError as exc:
@@ -61,11 +60,3 @@ def _per_class(value: Any) -> dict[str, float] | None:
     if isinstance(value, list):
         return {str(i): float(v) for i, v in enumerate(value) if isinstance(v, int | float)}
     return None
-
-
-def _problem(run: Any, directory: Path) -> str:
-    if run.exit_code in (0, None):
-        return str(run.problem)
-    tail = log_tail(directory)
-    where = f"exit code {run.exit_code}; output in {directory / LOG_FILE}"
-    return f"{where}:\n{tail}" if tail else where
