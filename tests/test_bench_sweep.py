@@ -18,7 +18,8 @@ class FakeRuns:
     def __call__(self, key, command, config, directory) -> RunResult:
         self.calls.append((key.cell, key.method, key.seed, config.tuner))
         assert "--split" in command and command[command.index("--split") + 1] == "test"
-        figures = {"mismatches": 10 + key.seed, "negative_flips": 4, "accuracy": 0.9}
+        halved = 2 if key.method == "half" else 1
+        figures = {"mismatches": (10 + key.seed) // halved, "negative_flips": 4, "accuracy": 0.9}
         if key.method == "broken":
             return RunResult(key, "failed", 1.0, error="exit code 1")
         return RunResult(key, "ok", 1.0, figures)
@@ -59,6 +60,23 @@ def test_every_setting_on_every_cell_and_seed_the_first_setting_first(tmp_path, 
     assert out[1].split()[:4] == ["plain", "mismatches", "10.5", "[10,"]
     assert sweep.main(args) == 0  # read back: nothing runs again
     assert len(fake.calls) == 4
+
+
+def test_the_table_compares_each_setting_with_the_baseline(tmp_path, fake, capsys):
+    settings = write(tmp_path, {"plain": {"weights": {"ce": 1.0}}, "half": {}, "same": {}})
+    cells = "nni/digits/heavy,nni/digits/moderate"
+    args = [str(settings), "--seeds", "0,1", "--cells", cells, "--out", str(tmp_path)]
+    assert sweep.main(args) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "| cell | plain mismatches | half | same |" in out
+    (row,) = [line for line in out if line.startswith("| nni/digits/heavy |")]
+    cells_of_row = [part.strip() for part in row.strip("|").split("|")]
+    assert cells_of_row[1] == "10.5 (10, 11)"  # plain: each seed's count
+    assert cells_of_row[2].startswith("2.10x [") and cells_of_row[2].endswith("nf 1.00x +0.0pt")
+    assert cells_of_row[3].startswith("1.00x [1.00, 1.00]")
+    assert "half: median moderate 2.10x, heavy 2.10x; 0 cells starred" in out
+    assert sweep.main([*args, "--baseline", "nothing"]) == 0
+    assert not any(line.startswith("| cell |") for line in capsys.readouterr().out.splitlines())
 
 
 def test_a_failed_run_is_shown_as_failed(tmp_path, fake, capsys):

@@ -7,7 +7,8 @@
 ``tuner`` key (``fixed`` unless given), e.g. ``{"plain": {"weights": {"ce": 1.0}},
 "online": {"tuner": "online"}}``. Each setting runs on each cell and seed exactly as a
 bench run does (the same scripts, test split, epochs and pretrained checkpoints, which
-``--out`` shares between settings), and the figures per seed are printed. Finished runs
+``--out`` shares between settings), and the figures per seed are printed, then a table of
+each setting against ``--baseline`` (``plain``; :mod:`.sweep_table`). Finished runs
 are read back, so adding a setting to the file reruns only what is new. ``--budget``
 multiplies the script's recovery epochs (the runs of each budget are kept apart).
 """
@@ -25,6 +26,7 @@ from typing import Any
 from labelkeep_plugins.bench import execute
 from labelkeep_plugins.bench.cells import CELLS, PROFILES, Cell, parse_names
 from labelkeep_plugins.bench.plan import BenchSettings, RunKey, script_command
+from labelkeep_plugins.bench.sweep_table import comparison_table
 from labelkeep_plugins.config import Config, LossConfig
 from labelkeep_plugins.errors import ConfigError
 from labelkeep_plugins.tuners import make_tuner
@@ -133,6 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("labelkeep-sweep"))
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
     parser.add_argument("--budget", type=int, default=1, help="x the script's recovery epochs")
+    parser.add_argument(
+        "--baseline", default="plain", help="the setting the table compares the others with"
+    )
     options = parser.parse_args(argv)
     try:
         configs = settings_from_file(options.settings)
@@ -144,7 +149,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     cells = [cell for cell in CELLS if not keys or cell.key in keys]
     results = sweep(configs, cells, seeds, options.out, options.jobs, max(1, options.budget))
-    print("\n".join(summary_lines(results, [c.key for c in cells], list(configs), seeds)))
+    keys = [c.key for c in cells]
+    print("\n".join(summary_lines(results, keys, list(configs), seeds)))
+    table = comparison_table(results, keys, list(configs), seeds, options.baseline)
+    if table:
+        print("\n" + "\n".join(table))
     return 0
 
 
