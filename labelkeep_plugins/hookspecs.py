@@ -106,7 +106,10 @@ def labelkeep_training_step(
 
     :param student_logits: detached student logits, (batch, classes).
     :param reference_logits: detached reference logits on the same inputs.
-    :param targets: ground-truth labels when the loss saw them, else None.
+    :param targets: ground-truth class indices (N,) when the loss saw them, else None
+        (probability targets give their argmax). An ``ignore_index`` is passed on as it
+        is, so that no step waits on the device: mask it with
+        :func:`labelkeep_plugins.labels.valid_labels`.
     :param terms: each term's unweighted batch mean, a detached 0-dim tensor (no device sync);
         on the loss-value path also ``ce``: the user's own loss as a batch mean.
     :return: nothing; every implementation is called.

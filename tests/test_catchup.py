@@ -110,6 +110,30 @@ def test_attached_the_gate_reaches_the_live_loss() -> None:
     assert handle.composer.loss.weights["kd"] == pytest.approx(2.0 * tuner.gate)
 
 
+def test_a_batch_with_an_ignore_index_still_reaches_the_tuner_masked() -> None:
+    """Training labels pass on unchecked (no device sync); the tuner masks the ignored ones."""
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))
+    x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+    y[::4] = -100  # e.g. padding, as F.cross_entropy's default ignore_index
+    reference_model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))
+    tuner = _tuner()
+    handle = attach(model, snapshot_reference(reference_model), loss=tuner.loss_config())
+    manager = load_plugins()
+    manager.register(tuner)
+    try:
+        F.cross_entropy(model(x), y).backward()
+    finally:
+        manager.unregister(tuner)
+        handle.detach()
+    assert tuner.measured
+    kept = y != -100
+    with torch.no_grad():
+        student, reference = model(x)[kept], reference_model(x)[kept]
+    expected = _fit(reference, y[kept]) / _fit(student, y[kept])
+    assert tuner.gate == pytest.approx(min(1.0, expected), rel=1e-4)
+
+
 def test_state_round_trips_and_a_foreign_state_is_refused() -> None:
     tuner = _tuner()
     labels = torch.randint(0, 3, (4,))

@@ -35,6 +35,7 @@ from labelkeep_plugins.injector.capture import CapturedForward, ForwardRegistry
 from labelkeep_plugins.injector.evaluation import EvaluationBatch, PassMeters
 from labelkeep_plugins.injector.forward_hook import ForwardHook
 from labelkeep_plugins.injector.function_matching import FunctionMatching, held_running_stats
+from labelkeep_plugins.labels import class_labels
 from labelkeep_plugins.logits import as_logits
 from labelkeep_plugins.metrics import AgreementMeter
 from labelkeep_plugins.plugins import load_plugins
@@ -245,7 +246,7 @@ class InjectionHandle:
         if entry is None or self._muted or not self._attached:
             return None
         if not entry.training:
-            entry.targets = _labels(target)
+            entry.targets = _evaluation_labels(target)
             return None
         if not torch.is_grad_enabled():
             return None
@@ -257,7 +258,7 @@ class InjectionHandle:
             entry.handled = True
             self.stats.via_loss_value += 1
             values[GROUND_TRUTH_TERM] = _batch_mean(loss, reduction, logits.shape[0])
-            self._notify_training(entry, values, _labels(target))
+            self._notify_training(entry, values, class_labels(target))
         return self.composer.ground_truth_weight * loss + _reduce(extra, reduction)
 
     def _with_function_matching(
@@ -397,11 +398,13 @@ def _reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
     return per_sample.mean()
 
 
-def _labels(target: Any) -> torch.Tensor | None:
-    """Class-index labels from a target (probability targets give their argmax)."""
-    if not isinstance(target, torch.Tensor):
-        return None
-    labels = target.detach().argmax(dim=1) if target.is_floating_point() else target.detach()
-    if labels.dim() != 1 or bool((labels < 0).any()):
+def _evaluation_labels(target: Any) -> torch.Tensor | None:
+    """The labels an evaluation batch is scored on; none where some are an ignore_index.
+
+    Evaluation counts already wait on the device, so the check costs no extra sync; training
+    steps pass :func:`class_labels` on unchecked (tuners mask with ``valid_labels``).
+    """
+    labels = class_labels(target)
+    if labels is None or bool((labels < 0).any()):
         return None
     return labels
