@@ -93,11 +93,19 @@ def teacher_scaled(loss: LossConfig, factor: float) -> LossConfig:
     return loss.reweighted(weights)
 
 
+REMOVED_TUNERS = {
+    "online": "it reduced mismatches in none of the bench's 12 cells (its softness rule held "
+    "the teacher off where it helps); use tuner: catchup (the default) or softadapt",
+}
+
+
 def make_tuner(config: Config) -> Tuner:
     """The tuner the configuration names; an unknown name lists the registered ones."""
     from labelkeep_plugins.plugins import tuner_factories
 
     factories = tuner_factories()
+    if config.tuner in REMOVED_TUNERS and config.tuner not in factories:
+        raise ConfigError(f"tuner {config.tuner!r} was removed: {REMOVED_TUNERS[config.tuner]}")
     if config.tuner not in factories:
         raise ConfigError(
             f"unknown tuner {config.tuner!r}; registered tuners: {', '.join(sorted(factories))}"

@@ -273,7 +273,7 @@ class _Stderr:
 def test_the_default_bench_runs_its_rows_on_every_cell(
     tmp_path: Path, fakes: FakeRuns, registered, capsys
 ) -> None:
-    registered("softadapt", "online")
+    registered("softadapt")
     assert bench(tmp_path, "--jobs", "2") == 0
     assert len(fakes.calls) == 12 * 4 * 3  # cells x rows x seeds, at the script's budget
     assert {k.method for k, _ in fakes.calls} == {"plain", "perturbed", "default", "softadapt"}
@@ -294,7 +294,7 @@ def test_the_default_bench_runs_its_rows_on_every_cell(
 def test_full_bench_on_one_cell_with_fakes_writes_every_output(
     tmp_path: Path, fakes: FakeRuns, registered, capsys
 ) -> None:
-    registered("softadapt", "online", "fm")
+    registered("softadapt", "fm")
     out = tmp_path / "out"
     options = ["--full", "--frameworks", "torch-pruning", "--datasets", "mnist1d"]
     assert bench(out, *options, "--levels", "moderate", "--seeds", "3") == 0

@@ -28,7 +28,6 @@ def test_method_configs(registered) -> None:
     assert dict(method_config("plain").loss.weights) == {"ce": 1.0}
     assert method_config("default") == Config()  # whatever a user configuring nothing gets
     assert method_config("softadapt") == Config(tuner="softadapt")
-    assert method_config("online").tuner == "online"
     assert method_config("plain").tuner == method_config("tuned", {}).tuner == "fixed"
     assert method_config("tuned", {"weights": {"kd": 0.3}}).loss.weights["kd"] == 0.3
     limit = method_config("limit")
@@ -56,7 +55,7 @@ def test_profiles_rows_budgets_and_seeds() -> None:
 def test_methods_selects_rows_and_validates_names(
     tmp_path: Path, fakes: FakeRuns, registered, capsys
 ) -> None:
-    registered("softadapt", "online")
+    registered("softadapt")
     options = ["--frameworks", "brevitas", "--datasets", "digits", "--levels", "heavy"]
     assert bench(tmp_path / "a", *options, "--seeds", "1", "--methods", "softadapt,default") == 0
     assert [k.method for k, _ in fakes.calls] == ["plain", "default", "softadapt"]
@@ -65,22 +64,20 @@ def test_methods_selects_rows_and_validates_names(
     assert bench(tmp_path / "b", *options, "--methods", "plain", "defualt") == 2
     err = capsys.readouterr().err
     assert "unknown method 'defualt'; valid methods: plain, perturbed, default, softadapt" in err
-    assert "tuned, fm, limit, online" in err and not (tmp_path / "b").exists()
+    assert "tuned, fm, limit" in err and not (tmp_path / "b").exists()
 
 
-def test_online_runs_only_when_asked_and_registered(
+def test_a_tuner_row_runs_only_when_its_tuner_is_registered(
     tmp_path: Path, fakes: FakeRuns, registered, capsys
 ) -> None:
-    registered("softadapt")
+    registered()
     options = ["--frameworks", "brevitas", "--datasets", "digits", "--levels", "heavy"]
-    assert bench(tmp_path / "a", *options, "--seeds", "1", "--methods", "plain", "online") == 0
+    assert bench(tmp_path / "a", *options, "--seeds", "1", "--methods", "plain", "softadapt") == 0
     assert [k.method for k, _ in fakes.calls] == ["plain"]
-    assert "no online row: no tuner named 'online' is registered" in capsys.readouterr().out
-    registered("softadapt", "online")
-    assert bench(tmp_path / "b", *options, "--seeds", "1") == 0
-    assert "online" not in {k.method for k, _ in fakes.calls}  # not a default row any more
-    assert bench(tmp_path / "c", *options, "--seeds", "1", "--methods", "plain", "online") == 0
-    assert fakes.calls[-1][0].method == "online" and fakes.calls[-1][1].tuner == "online"
+    assert "no softadapt row: no tuner named 'softadapt' is registered" in capsys.readouterr().out
+    registered("softadapt")
+    assert bench(tmp_path / "c", *options, "--seeds", "1", "--methods", "plain", "softadapt") == 0
+    assert fakes.calls[-1][0].method == "softadapt" and fakes.calls[-1][1].tuner == "softadapt"
 
 
 def test_the_fm_row_waits_for_the_fm_term(
@@ -99,7 +96,7 @@ def test_the_fm_row_waits_for_the_fm_term(
 def test_zero_trials_means_no_tuned_row_even_when_asked(
     tmp_path: Path, fakes: FakeRuns, registered
 ) -> None:
-    registered("softadapt", "online")
+    registered("softadapt")
     options = ["--full", "--frameworks", "brevitas", "--datasets", "digits", "--levels", "heavy"]
     assert bench(tmp_path, *options, "--seeds", "1", "--trials", "0", "--budgets", "1") == 0
     assert "tuned" not in {k.method for k, _ in fakes.calls}

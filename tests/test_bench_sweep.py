@@ -39,7 +39,7 @@ def write(tmp_path: Path, data: object) -> Path:
 
 
 def test_every_setting_on_every_cell_and_seed_the_first_setting_first(tmp_path, fake, capsys):
-    settings = write(tmp_path, {"plain": {"weights": {"ce": 1.0}}, "online": {"tuner": "online"}})
+    settings = write(tmp_path, {"plain": {"weights": {"ce": 1.0}}, "catchup": {"tuner": "catchup"}})
     args = [
         str(settings),
         "--seeds",
@@ -54,7 +54,7 @@ def test_every_setting_on_every_cell_and_seed_the_first_setting_first(tmp_path, 
         ("nni/digits/heavy", "plain", 0, "fixed"),
         ("nni/digits/heavy", "plain", 1, "fixed"),
     ]
-    assert sorted(fake.calls[2:]) == [("nni/digits/heavy", "online", s, "online") for s in (0, 1)]
+    assert sorted(fake.calls[2:]) == [("nni/digits/heavy", "catchup", s, "catchup") for s in (0, 1)]
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "nni/digits/heavy"
     assert out[1].split()[:4] == ["plain", "mismatches", "10.5", "[10,"]

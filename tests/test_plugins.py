@@ -16,7 +16,6 @@ from labelkeep_plugins import hookimpl, plugins
 from labelkeep_plugins.composer import LossComposer
 from labelkeep_plugins.config import Config, LossConfig
 from labelkeep_plugins.errors import ConfigError, LabelkeepWarning, PluginError
-from labelkeep_plugins.online_tuner import OnlineTuner
 from labelkeep_plugins.terms import LossTerm
 from labelkeep_plugins.tuners import FixedTuner, make_tuner
 
@@ -43,9 +42,8 @@ def test_builtins_are_registered():
     terms = plugins.loss_terms()
     assert set(terms) == BUILTIN_NAMES
     assert all(isinstance(term, LossTerm) and term.name == name for name, term in terms.items())
-    assert set(plugins.tuner_factories()) == {"catchup", "fixed", "online", "softadapt"}
+    assert set(plugins.tuner_factories()) == {"catchup", "fixed", "softadapt"}
     assert plugins.tuner_factories()["fixed"] is FixedTuner
-    assert plugins.tuner_factories()["online"] is OnlineTuner
 
 
 def test_make_tuner():

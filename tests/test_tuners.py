@@ -9,7 +9,6 @@ from labelkeep_plugins import Config
 from labelkeep_plugins.catchup import CatchUpTuner
 from labelkeep_plugins.config import LossConfig
 from labelkeep_plugins.errors import ConfigError
-from labelkeep_plugins.online_tuner import OnlineTuner
 from labelkeep_plugins.softadapt import SoftAdaptTuner
 
 
@@ -18,8 +17,7 @@ def test_retuning_during_the_run_reads_no_plugin_registry(monkeypatch: pytest.Mo
     import labelkeep_plugins.plugins as plugins
 
     loss = LossConfig(weights={"ce": 1.0, "kd": 1.0, "hard": 0.5}, temperature=4.0, focal=None)
-    tuners = [OnlineTuner(Config(loss=loss, tuner="online"))]
-    tuners.append(CatchUpTuner(Config(loss=loss, tuner="catchup")))
+    tuners = [CatchUpTuner(Config(loss=loss, tuner="catchup"))]
     tuners.append(SoftAdaptTuner(Config(loss=loss, tuner="softadapt")))
     collected: list[str] = []
     original = plugins.collect
@@ -51,3 +49,10 @@ def test_reweighting_checks_names_and_values_without_the_registry() -> None:
         loss.reweighted({"hard": 1.0})
     with pytest.raises(ConfigError, match=r"weights\.kd"):
         loss.reweighted({"kd": float("nan")})
+
+
+def test_the_removed_online_tuner_is_named_with_what_to_use_instead() -> None:
+    from labelkeep_plugins.tuners import make_tuner
+
+    with pytest.raises(ConfigError, match=r"tuner 'online' was removed.*tuner: catchup"):
+        make_tuner(Config(tuner="online"))

@@ -21,7 +21,7 @@ from typing import Any
 from labelkeep_plugins.bench.cells import FRAMEWORKS, SCRIPTS_DIR, Cell
 from labelkeep_plugins.config import Config, LossConfig
 
-PLAIN, DEFAULT, TUNED, ONLINE = "plain", "default", "tuned", "online"
+PLAIN, DEFAULT, TUNED = "plain", "default", "tuned"
 SOFTADAPT, FM, LIMIT = "softadapt", "fm", "limit"
 # Plain recovery plus a teacher term too small to matter (1e-6): how far the figures move from
 # a perturbation of float rounding size alone. Short, heavily compressed recoveries are chaotic.
@@ -41,9 +41,8 @@ METHOD_LABELS = {
     TUNED: "labelkeep tuned",
     FM: "labelkeep default + fm",
     LIMIT: "limit (KD, 10x epochs)",
-    ONLINE: "labelkeep online",
 }
-# Every row name --methods accepts (``online`` too, so that older results still read).
+# Every row name --methods accepts.
 KNOWN_METHODS: tuple[str, ...] = tuple(METHOD_LABELS)
 
 
@@ -179,7 +178,7 @@ def method_config(method: str, tuned_loss: dict[str, Any] | None = None) -> Conf
         return Config(loss=LossConfig.from_value(fixed[method]), tuner="fixed")
     if method == DEFAULT:
         return Config()
-    if method in (SOFTADAPT, ONLINE):
+    if method == SOFTADAPT:
         return Config(tuner=method)
     if method == FM:
         base = Config()

@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from labelkeep_plugins.bench.cells import Profile
-from labelkeep_plugins.bench.plan import FM, KNOWN_METHODS, ONLINE, PLAIN, SOFTADAPT, TUNED
+from labelkeep_plugins.bench.plan import FM, KNOWN_METHODS, PLAIN, SOFTADAPT, TUNED
 
-_TUNER_ROWS = (SOFTADAPT, ONLINE)  # rows named after the tuner they run
+_TUNER_ROWS = (SOFTADAPT,)  # rows named after the tuner they run
 
 
 def choose_methods(

@@ -1,11 +1,11 @@
-"""Loss settings of your choice over the bench's cells: how the online tuner's design was chosen.
+"""Loss settings of your choice over the bench's cells: how the default was chosen.
 
     python -m labelkeep_plugins.bench.sweep SETTINGS.json [--seeds 0,1,2] [--cells a,b]
                                             [--out DIR] [--jobs 2] [--budget 3]
 
 ``SETTINGS.json`` maps a name to a labelkeep ``loss`` section, optionally with a
 ``tuner`` key (``fixed`` unless given), e.g. ``{"plain": {"weights": {"ce": 1.0}},
-"online": {"tuner": "online"}}``. Each setting runs on each cell and seed exactly as a
+"catchup": {"tuner": "catchup"}}``. Each setting runs on each cell and seed exactly as a
 bench run does (the same scripts, test split, epochs and pretrained checkpoints, which
 ``--out`` shares between settings), and the figures per seed are printed, then a table of
 each setting against ``--baseline`` (``plain``; :mod:`.sweep_table`). Finished runs

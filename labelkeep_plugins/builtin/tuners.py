@@ -7,7 +7,6 @@ from typing import Any
 
 from labelkeep_plugins.catchup import CatchUpTuner
 from labelkeep_plugins.hookspecs import hookimpl
-from labelkeep_plugins.online_tuner import OnlineTuner
 from labelkeep_plugins.softadapt import SoftAdaptTuner
 from labelkeep_plugins.tuners import FixedTuner
 
@@ -15,6 +14,5 @@ from labelkeep_plugins.tuners import FixedTuner
 @hookimpl
 def labelkeep_register_tuners(register: Callable[[str, Callable[..., Any]], None]) -> None:
     register(FixedTuner.name, FixedTuner)
-    register(OnlineTuner.name, OnlineTuner)
     register(SoftAdaptTuner.name, SoftAdaptTuner)
     register(CatchUpTuner.name, CatchUpTuner)
