@@ -3,54 +3,186 @@
 The runner sets ``LABELKEEP_AUTO`` and puts :mod:`labelkeep_plugins.bootstrap`
 first on ``PYTHONPATH``; its ``sitecustomize`` calls :func:`activate_from_environment`
 in every Python process of the command (subprocesses and ``torchrun`` workers too).
+
+Whatever happens, the user's run goes on (strict mode aside) and the report asked for is
+written: with ``active: false`` and the error when labelkeep cannot start, at exit, and
+before SIGTERM or SIGHUP end the process. Strict mode stops a process whose labelkeep
+cannot start before its script runs (exit 2).
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
+import signal
 import sys
+import weakref
 from dataclasses import replace
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
+
+from labelkeep_plugins.errors import ConfigError, LabelkeepError
+from labelkeep_plugins.jsonfile import unwritable_reason, write_json_or_tell
+
+if TYPE_CHECKING:
+    from labelkeep_plugins.config import Config
+    from labelkeep_plugins.session import Session
 
 AUTO_ENV = "LABELKEEP_AUTO"
 REPORT_ENV = "LABELKEEP_REPORT"
 STRICT_ENV = "LABELKEEP_STRICT"
 ROOT_PID_ENV = "LABELKEEP_ROOT_PID"
+REFUSED_EXIT_CODE = 2
+# Signals whose default action ends Python without atexit (SIGKILL cannot be caught). SIGINT is
+# not among them: Python's own handler raises KeyboardInterrupt, and atexit writes the report.
+REPORTED_SIGNALS = ("SIGTERM", "SIGHUP")
+
+
+class _Reporting:
+    """Who owns this process's report (a forked child holds a copy of it) and what was sent."""
+
+    owner_pid: ClassVar[int | None] = None
+    written: ClassVar[weakref.WeakSet[Any]] = weakref.WeakSet()
 
 
 def activate_from_environment() -> None:
-    """Instrument this process if the runner asked for it; never break the user's program."""
+    """Instrument this process if the runner asked for it; never break the user's program.
+
+    In strict mode a failure raises instead; ``sitecustomize`` then calls :func:`refuse_to_start`.
+    """
     if not os.environ.get(AUTO_ENV):
         return
     strict = bool(os.environ.get(STRICT_ENV))
+    source = config_source()
     try:
-        from labelkeep_plugins.config import load_config
-        from labelkeep_plugins.instrumentation import instrument
-
-        config = load_config()
-        config = replace(
-            config,
-            strict=config.strict or strict,
-            report=os.environ.get(REPORT_ENV) or config.report,
-        )
-        from labelkeep_plugins.tuning.nni_trial import prepare_config, start_reporting
-
-        config = prepare_config(config)  # inside an NNI trial: its weights, its report folder
-        session = instrument(config)
+        session = _instrument(source, strict)
     except Exception as exc:
         if strict:
             raise
-        print(
-            f"labelkeep: not active in this process ({type(exc).__name__}: {exc}); "
-            "the command runs without labelkeep",
-            file=sys.stderr,
-        )
+        run_without_labelkeep(exc, source)
         return
+    from labelkeep_plugins.tuning.nni_trial import start_reporting
+
+    _Reporting.owner_pid = os.getpid()
     _watch_crash(session)
     atexit.register(write_report_at_exit)
+    _report_on_signals()
     start_reporting(session)  # NNI trial only; runs before the report is written
+
+
+def _instrument(source: Path | None, strict: bool) -> Session:
+    from labelkeep_plugins.config import Config, load_config
+    from labelkeep_plugins.instrumentation import instrument
+    from labelkeep_plugins.tuning.nni_trial import prepare_config
+
+    config = load_config(source) if source is not None else Config()
+    config = replace(
+        config,
+        strict=config.strict or strict,
+        report=os.environ.get(REPORT_ENV) or config.report,
+    )
+    config = prepare_config(config)  # inside an NNI trial: its weights, its report folder
+    check_report_path(config)
+    return instrument(config)
+
+
+def config_source() -> Path | None:
+    """The file auto mode reads (``$LABELKEEP_CONFIG``, else ``./labelkeep.yaml`` if there).
+
+    Absolute, so that an error names the file wherever the process runs.
+    """
+    from labelkeep_plugins.config import CONFIG_ENV, DEFAULT_CONFIG_FILE
+
+    chosen = os.environ.get(CONFIG_ENV)
+    if chosen:
+        return Path(os.path.abspath(chosen))
+    default = Path(DEFAULT_CONFIG_FILE)
+    return Path(os.path.abspath(default)) if default.is_file() else None
+
+
+def check_report_path(config: Config) -> None:
+    """Tell at the start, not after training, that the report cannot be written.
+
+    The run goes on (the path may be fixed before the end); strict mode refuses instead.
+    """
+    path = report_path(config.report)
+    if path is None or not speaks_for_command():
+        return
+    reason = unwritable_reason(path)
+    if reason is None:
+        return
+    message = f"cannot write the report to {str(path)!r}: {reason}"
+    if config.strict:
+        raise LabelkeepError(message)  # not a ConfigError: the path may come from --report
+    if os.environ.get("RANK", "0") == "0":
+        print(
+            f"labelkeep: {message} (labelkeep stays active; the report is lost unless the "
+            "path is fixed before the command ends)",
+            file=sys.stderr,
+        )
+
+
+def describe(exc: BaseException, source: Path | None) -> str:
+    """One line for an error; a configuration error always names the file it came from."""
+    text = str(exc) if isinstance(exc, LabelkeepError) else f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, ConfigError) and source is not None and str(source) not in text:
+        text = f"config file {str(source)!r}: {text}"
+    return text
+
+
+def run_without_labelkeep(exc: Exception, source: Path | None) -> None:
+    """Labelkeep cannot start here: say why and how to fix it, on stderr and in the report."""
+    error = describe(exc, source)
+    fix = "run with --strict to stop before the command starts"
+    if isinstance(exc, ConfigError) and source is not None:
+        fix = f"fix the file, or {fix}"
+    path = report_path(os.environ.get(REPORT_ENV))
+    written = (
+        path is not None
+        and speaks_for_command()
+        and write_json_or_tell(path, inactive_report(error, source))  # at once: nothing changes it
+    )
+    told = f"; the report {str(path)!r} says active: false" if written else ""
+    print(
+        f"labelkeep: not active in this process: {error}; "
+        f"the command runs without labelkeep{told} ({fix})",
+        file=sys.stderr,
+    )
+
+
+def inactive_report(error: str, source: Path | None) -> dict[str, Any]:
+    """The report of a process labelkeep could not start in: so a reader is not left guessing."""
+    from labelkeep_plugins._version import __version__
+
+    return {
+        "labelkeep_version": __version__,
+        "active": False,
+        "error": error,
+        "config_file": None if source is None else str(source),
+        "references": [],
+        "training_steps_with_loss": 0,
+        "agreement": None,
+        "failures": [error],
+        "warnings": [],
+        "crashed": None,
+    }
+
+
+def refuse_to_start(exc: BaseException) -> NoReturn:
+    """Strict mode: say why labelkeep cannot start, and end the process before its script runs.
+
+    Called from ``sitecustomize``, where ``SystemExit`` is no way out (Python makes it a fatal
+    "Failed to import the site module" with a traceback and exit code 1): so ``os._exit``.
+    """
+    print(
+        f"labelkeep: error: {describe(exc, config_source())} "
+        "(strict mode: stopping before the script runs)",
+        file=sys.stderr,
+    )
+    _flush_streams()
+    os._exit(REFUSED_EXIT_CODE)
 
 
 def report_path(base: str | None) -> Path | None:
@@ -64,22 +196,73 @@ def report_path(base: str | None) -> Path | None:
     return Path(base)
 
 
+def speaks_for_command() -> bool:
+    """This process writes the report: the command's own process, or a torchrun rank."""
+    return os.environ.get(ROOT_PID_ENV) == str(os.getpid()) or os.environ.get("RANK") is not None
+
+
 def write_report_at_exit() -> None:
-    """Hand the report of this process to the reporters, if it is the command's own or a rank."""
+    """Hand the report of this process to the reporters, once, if it is the command's or a rank's.
+
+    A forked child (a DataLoader worker) skips it: its session is a stale copy of its parent's.
+    """
     from labelkeep_plugins.instrumentation import current_session
     from labelkeep_plugins.plugins import load_plugins
 
     session = current_session()
-    if session is None:
+    if session is None or session in _Reporting.written or not _owns_session():
         return
+    _Reporting.written.add(session)
     report = session.report()
     session.detach_all()
-    is_root = os.environ.get(ROOT_PID_ENV) == str(os.getpid())
-    is_rank = os.environ.get("RANK") is not None
-    if is_root or is_rank or report["references"]:
+    if speaks_for_command() or report["references"]:
         load_plugins().hook.labelkeep_run_finished(
             report=report, path=report_path(session.config.report)
         )
+
+
+def _owns_session() -> bool:
+    return _Reporting.owner_pid in (None, os.getpid())
+
+
+def _report_on_signals() -> None:
+    """Write the report before SIGTERM or SIGHUP end the process, which skips atexit.
+
+    Only over the default action, and only now: a Python handler already in place keeps the
+    process's fate in Python's hands, an ignored signal stays ignored, and a handler the
+    script installs later replaces this one.
+    """
+    for name in REPORTED_SIGNALS:
+        number = getattr(signal, name, None)
+        try:
+            if number is not None and signal.getsignal(number) == signal.SIG_DFL:
+                signal.signal(number, _report_then_die)
+        except (OSError, ValueError):  # not the main thread, or refused by this platform
+            continue
+
+
+def _report_then_die(number: int, frame: FrameType | None) -> None:
+    """Write the report, then let the signal end the process as it would have (same status)."""
+    signal.signal(number, signal.SIG_DFL)  # a second signal while writing ends it at once
+    if _owns_session():
+        from labelkeep_plugins.instrumentation import current_session
+
+        session = current_session()
+        try:
+            if session is not None and session.crashed is None:
+                session.crashed = f"terminated by {signal.Signals(number).name}"
+            write_report_at_exit()
+        except Exception as exc:
+            print(f"labelkeep: no report ({type(exc).__name__}: {exc})", file=sys.stderr)
+    _flush_streams()
+    os.kill(os.getpid(), number)
+    os._exit(128 + number)  # not reached: the default action of these signals ends the process
+
+
+def _flush_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
 
 
 def _watch_crash(session: object) -> None:

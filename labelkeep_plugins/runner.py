@@ -14,8 +14,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from labelkeep_plugins.auto import AUTO_ENV, REPORT_ENV, ROOT_PID_ENV, STRICT_ENV
+from labelkeep_plugins.auto import AUTO_ENV, REPORT_ENV, ROOT_PID_ENV, STRICT_ENV, config_source
 from labelkeep_plugins.config import CONFIG_ENV, load_config
+from labelkeep_plugins.errors import ConfigError
+from labelkeep_plugins.jsonfile import unwritable_reason
 
 COMMAND_NOT_FOUND = 127
 BOOTSTRAP_DIR = Path(__file__).resolve().parent / "bootstrap"
@@ -57,8 +59,7 @@ def execute(
             file=sys.stderr,
         )
         return 2
-    if config is not None:
-        load_config(config)  # fail here, before the command starts, on a bad file
+    check_before_start(config=config, report=report, strict=strict)
     executable = shutil.which(command[0])
     if executable is None:
         print(
@@ -75,6 +76,30 @@ def execute(
         print(f"labelkeep: cannot run {command[0]!r}: {exc.strerror}", file=sys.stderr)
         return 126
     return 0  # not reached
+
+
+def check_before_start(*, config: str | None, report: str | None, strict: bool) -> None:
+    """Refuse (exit 2), before the command starts, what would otherwise show only in it.
+
+    That is a bad ``--config`` file, under ``--strict`` also a bad auto-found one
+    (``$LABELKEEP_CONFIG``, ``./labelkeep.yaml``), and a ``--report`` path that cannot be
+    written: asked for on this command line, it would be lost after the whole run. Without
+    ``--strict``, the command's processes check the rest and run on without labelkeep (and
+    say so) rather than stop the user's run.
+    """
+    if config is not None:
+        load_config(config)
+    elif strict or os.environ.get(STRICT_ENV):
+        source = config_source()
+        if source is not None:
+            load_config(source)
+    if report is not None:
+        reason = unwritable_reason(Path(report))
+        if reason is not None:
+            raise ConfigError(
+                f"cannot write the report to {str(Path(report).resolve())!r} "
+                f"(--report {report}): {reason}"
+            )
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:

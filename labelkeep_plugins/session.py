@@ -223,6 +223,7 @@ class Session:
         references = [record.as_dict() for record in self._records]
         return {
             "labelkeep_version": __version__,
+            "active": True,  # False in the report of a run labelkeep could not start in
             "config": self.config.to_dict(),
             "tuner": self.tuner.state_dict(),
             "adapters": [status.as_dict() for status in self.adapters.values()],

@@ -286,9 +286,9 @@ def test_unknown_tuner_is_refused_when_instrumenting(framework) -> None:
     from labelkeep_plugins.errors import ConfigError
 
     with pytest.raises(
-        ConfigError, match="unknown tuner 'onlin'; registered tuners: catchup, fixed, on"
+        ConfigError, match="unknown tuner 'catchp'; registered tuners: catchup, fixed, softadapt"
     ):
-        instrumented(Config(tuner="onlin")).__enter__()
+        instrumented(Config(tuner="catchp")).__enter__()
     assert current_session() is None
     with instrumented(Config(tuner="fixed")) as session:
         assert session.report()["tuner"] == {"name": "fixed"}

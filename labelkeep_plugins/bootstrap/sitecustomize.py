@@ -1,6 +1,7 @@
 """Started by Python itself in every process of a ``labelkeep run`` command.
 
-Activates labelkeep, then runs any ``sitecustomize`` that this one shadows.
+Activates labelkeep, then runs any ``sitecustomize`` that this one shadows. In strict mode a
+labelkeep that cannot start ends the process (exit 2) before its script runs.
 """
 
 import importlib.util
@@ -24,10 +25,13 @@ def _chain_next_sitecustomize() -> None:
 
 
 try:
-    from labelkeep_plugins.auto import activate_from_environment
+    from labelkeep_plugins.auto import activate_from_environment, refuse_to_start
 except ImportError as exc:  # another interpreter without labelkeep installed
     print(f"labelkeep: not active in {sys.executable} ({exc})", file=sys.stderr)
 else:
-    activate_from_environment()
+    try:
+        activate_from_environment()
+    except Exception as exc:  # strict mode only: otherwise a failure is told and contained
+        refuse_to_start(exc)  # exits 2; a raise here would only print "Error in sitecustomize"
 finally:
     _chain_next_sitecustomize()

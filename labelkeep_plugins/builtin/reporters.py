@@ -9,7 +9,7 @@ from typing import Any
 
 from labelkeep_plugins.budget import FALLING
 from labelkeep_plugins.hookspecs import hookimpl
-from labelkeep_plugins.jsonfile import write_json
+from labelkeep_plugins.jsonfile import write_json_or_tell
 from labelkeep_plugins.session import NO_COMPRESSION_SEEN
 
 
@@ -17,12 +17,8 @@ from labelkeep_plugins.session import NO_COMPRESSION_SEEN
 def labelkeep_run_finished(report: dict[str, Any], path: Path | None) -> None:
     tell_recovery_budget(report)
     tell_no_compression(report)
-    if path is None:
-        return
-    try:
-        write_json(path, report)
-    except OSError as exc:
-        print(f"labelkeep: cannot write the report to {str(path)!r}: {exc}", file=sys.stderr)
+    if path is not None:
+        write_json_or_tell(path, report)
 
 
 def tell_no_compression(report: dict[str, Any]) -> None:
