@@ -64,8 +64,21 @@ def run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[s
         if name not in env:
             environment.pop(name, None)
     return subprocess.run(
-        args, cwd=cwd, env=environment, capture_output=True, text=True, timeout=120, check=False
+        args,
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        preexec_fn=_default_sigint,
     )
+
+
+def _default_sigint() -> None:
+    """A shell's background job ignores SIGINT, and Python then never raises
+    KeyboardInterrupt; the user's terminal run does not, so neither do these."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def labelkeep_run(*args: str) -> list[str]:
