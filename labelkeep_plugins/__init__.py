@@ -40,18 +40,18 @@ _EXPORTS: dict[str, str] = {
     "hookimpl": "hookspecs",
     "InjectionHandle": "injector",
     "attach": "injector",
-    "current_session": "instrumentation",
-    "instrument": "instrumentation",
-    "instrumented": "instrumentation",
-    "uninstrument": "instrumentation",
-    "as_logits": "logits",
-    "LabelPreservingLoss": "loss",
+    "current_session": "zero_code.instrument",
+    "instrument": "zero_code.instrument",
+    "instrumented": "zero_code.instrument",
+    "uninstrument": "zero_code.instrument",
+    "as_logits": "loss.logits",
+    "LabelPreservingLoss": "injector.dropin",
     "get_plugin_manager": "plugins",
     "load_plugins": "plugins",
-    "checksum": "reference",
-    "snapshot_reference": "reference",
-    "LossTerm": "terms",
-    "TermInputs": "terms",
+    "checksum": "reference.snapshot",
+    "snapshot_reference": "reference.snapshot",
+    "LossTerm": "loss.terms",
+    "TermInputs": "loss.terms",
 }
 
 __all__ = [
@@ -104,18 +104,18 @@ if TYPE_CHECKING:
     )
     from labelkeep_plugins.hookspecs import hookimpl
     from labelkeep_plugins.injector import InjectionHandle, attach
-    from labelkeep_plugins.instrumentation import (
+    from labelkeep_plugins.injector.dropin import LabelPreservingLoss
+    from labelkeep_plugins.loss.logits import as_logits
+    from labelkeep_plugins.loss.terms import LossTerm, TermInputs
+    from labelkeep_plugins.metrics import AgreementMeter, AgreementReport, agreement
+    from labelkeep_plugins.plugins import get_plugin_manager, load_plugins
+    from labelkeep_plugins.reference.snapshot import checksum, snapshot_reference
+    from labelkeep_plugins.zero_code.instrument import (
         current_session,
         instrument,
         instrumented,
         uninstrument,
     )
-    from labelkeep_plugins.logits import as_logits
-    from labelkeep_plugins.loss import LabelPreservingLoss
-    from labelkeep_plugins.metrics import AgreementMeter, AgreementReport, agreement
-    from labelkeep_plugins.plugins import get_plugin_manager, load_plugins
-    from labelkeep_plugins.reference import checksum, snapshot_reference
-    from labelkeep_plugins.terms import LossTerm, TermInputs
 
 
 def __getattr__(name: str) -> Any:

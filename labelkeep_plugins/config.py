@@ -18,9 +18,9 @@ from typing import Any, TypeVar
 
 import yaml
 
+from labelkeep_plugins.env import CONFIG_ENV
 from labelkeep_plugins.errors import ConfigError
 
-CONFIG_ENV = "LABELKEEP_CONFIG"
 DEFAULT_CONFIG_FILE = "labelkeep.yaml"
 
 # Defaults chosen on the bench (README, "Choosing the default"): the user's loss at full weight,
@@ -361,8 +361,8 @@ def _checked_weights(weights: Any) -> dict[str, float]:
 
     So ``{kd: 2}`` adds KD to the user's loss instead of silently dropping that loss.
     """
+    from labelkeep_plugins.loss.terms import GROUND_TRUTH_TERM
     from labelkeep_plugins.plugins import loss_terms
-    from labelkeep_plugins.terms import GROUND_TRUTH_TERM
 
     known = loss_terms()
     if not isinstance(weights, Mapping) or not weights:

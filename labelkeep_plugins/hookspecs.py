@@ -30,7 +30,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 def labelkeep_register_terms(register: Callable[..., None]) -> None:
     """Register loss terms.
 
-    Call ``register(term)`` with a :class:`labelkeep_plugins.terms.LossTerm` for
+    Call ``register(term)`` with a :class:`labelkeep_plugins.loss.terms.LossTerm` for
     each term the plugin provides. A term's name is the key users give weights
     under; two plugins registering one name is an error that names both.
 
@@ -44,7 +44,7 @@ def labelkeep_register_tuners(register: Callable[..., None]) -> None:
     """Register weight tuners.
 
     Call ``register(name, factory)`` where ``factory(config)`` returns a
-    :class:`labelkeep_plugins.tuners.Tuner`: ``loss_config()``, ``state_dict()``,
+    :class:`labelkeep_plugins.tuners.base.Tuner`: ``loss_config()``, ``state_dict()``,
     ``load_state_dict()``, and optionally ``bind(apply)`` to switch the live loss
     during the run. The session registers the tuner object as a plugin for its
     run, so a tuner that implements ``labelkeep_training_step`` or
@@ -109,7 +109,7 @@ def labelkeep_training_step(
     :param targets: ground-truth class indices (N,) when the loss saw them, else None
         (probability targets give their argmax). An ``ignore_index`` is passed on as it
         is, so that no step waits on the device: mask it with
-        :func:`labelkeep_plugins.labels.valid_labels`.
+        :func:`labelkeep_plugins.loss.labels.valid_labels`.
     :param terms: each term's unweighted batch mean, a detached 0-dim tensor (no device sync);
         on the loss-value path also ``ce``: the user's own loss as a batch mean.
     :return: nothing; every implementation is called.

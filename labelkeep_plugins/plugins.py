@@ -23,14 +23,18 @@ from typing import Any
 import pluggy
 
 from labelkeep_plugins import hookspecs
-from labelkeep_plugins.builtin import DEFAULT_PLUGINS
+from labelkeep_plugins.env import ALLOW_LIST_ENV, AUTOLOAD_OFF_ENV, DISABLED_ADAPTERS_ENV
 from labelkeep_plugins.errors import LabelkeepWarning, PluginError
-from labelkeep_plugins.terms import LossTerm
+from labelkeep_plugins.loss.terms import LossTerm
 
 ENTRY_POINT_GROUP = "labelkeep"
-AUTOLOAD_OFF_ENV = "LABELKEEP_DISABLE_PLUGIN_AUTOLOAD"
-ALLOW_LIST_ENV = "LABELKEEP_PLUGINS"
-DISABLED_ADAPTERS_ENV = "LABELKEEP_DISABLED_ADAPTERS"
+
+#: labelkeep's own terms, tuners and reporter: registered first, like any other plugin.
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "labelkeep_plugins.loss.builtin_terms",
+    "labelkeep_plugins.tuners.builtin",
+    "labelkeep_plugins.zero_code.report",
+)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import types
 from pathlib import Path
@@ -10,10 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-import labelkeep_plugins.adapters as adapters_module
+import labelkeep_plugins.zero_code.adapters as adapters_module
 from labelkeep_plugins import Config, checksum
-from labelkeep_plugins.instrumentation import instrumented
 from labelkeep_plugins.plugins import get_plugin_manager, load_plugins
+from labelkeep_plugins.zero_code.instrument import instrumented
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "examples" / "adapter_template"
 
@@ -30,6 +31,15 @@ def test_template_adapter_takes_reference_and_trains(monkeypatch: pytest.MonkeyP
     monkeypatch.syspath_prepend(str(TEMPLATE))
     monkeypatch.setitem(sys.modules, "mylib", types.SimpleNamespace(Pruner=Pruner))
     monkeypatch.setattr(adapters_module, "version", lambda name: "2.1")
+    # Not pip-installed here: its metadata's requirements are the template's pyproject pins.
+    pyproject = (TEMPLATE / "pyproject.toml").read_text()
+    pins = re.findall(r'"([^"]+)"', re.search(r"^dependencies = \[(.*)\]$", pyproject, re.M)[1])
+    installed = adapters_module.requires
+    monkeypatch.setattr(
+        adapters_module,
+        "requires",
+        lambda name: pins if name == "labelkeep-mylib" else installed(name),
+    )
     import labelkeep_mylib
 
     load_plugins()

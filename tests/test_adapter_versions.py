@@ -8,8 +8,12 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from labelkeep_plugins.adapters import PatchingAdapter, check_compatibility, declared_range
 from labelkeep_plugins.errors import PluginError
+from labelkeep_plugins.zero_code.adapters import (
+    PatchingAdapter,
+    check_compatibility,
+    declared_range,
+)
 
 tomllib = pytest.importorskip("tomllib")  # Python 3.11 and later
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +54,7 @@ def test_an_adapters_supported_range_is_its_distributions_pin(
     distribution: str, framework: str
 ) -> None:
     pytest.importorskip(distribution.replace("-", "_"))
-    from labelkeep_plugins.instrumentation import registered_adapters
+    from labelkeep_plugins.zero_code.instrument import registered_adapters
 
     (adapter,) = [a for a in registered_adapters() if a.framework == framework]
     pin = Requirement(f"{framework}{adapter.supported}").specifier

@@ -22,7 +22,7 @@ from labelkeep_plugins.bench.plan import BenchSettings, RunKey
 from labelkeep_plugins.bench.progress import PrefixedStream, Progress
 from labelkeep_plugins.bench.store import BenchRecord, RunResult, check_same, load_record
 from labelkeep_plugins.bench.tuned import TuningOutcome
-from labelkeep_plugins.cli import main
+from labelkeep_plugins.cli.main import main
 from labelkeep_plugins.config import Config
 from labelkeep_plugins.errors import ConfigError
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from labelkeep_plugins.bench.cells import PROFILES
-from labelkeep_plugins.cli import main
+from labelkeep_plugins.cli.main import main
 
 pytest.importorskip("torch_pruning")
 pytest.importorskip("labelkeep_torch_pruning")

@@ -8,12 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from labelkeep_plugins.composer import LossComposer
 from labelkeep_plugins.config import LossConfig
 from labelkeep_plugins.errors import ConfigError
 from labelkeep_plugins.injector.attach import InjectionHandle
-from labelkeep_plugins.reference import snapshot_reference
-from labelkeep_plugins.reference_cache import ENTRY_OVERHEAD_BYTES, ReferenceCache
+from labelkeep_plugins.loss.composer import LossComposer
+from labelkeep_plugins.reference.cache import ENTRY_OVERHEAD_BYTES, ReferenceCache
+from labelkeep_plugins.reference.snapshot import snapshot_reference
 
 
 class Counting:

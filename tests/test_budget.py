@@ -13,9 +13,9 @@ from torch import nn
 
 from labelkeep_plugins import Config, attach, snapshot_reference
 from labelkeep_plugins.budget import PassCount, mismatch_trend, weighted_slope
-from labelkeep_plugins.builtin import reporters
 from labelkeep_plugins.injector.evaluation import HISTORY_PASSES, PassMeters
-from labelkeep_plugins.session import Session
+from labelkeep_plugins.zero_code import report as reporters
+from labelkeep_plugins.zero_code.session import Session
 
 
 def passes(*mismatches: int, samples: int = 540, first: int = 1) -> list[PassCount]:

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from labelkeep_plugins import Config, ConfigError, attach, snapshot_reference
-from labelkeep_plugins.catchup import UPDATE_INTERVAL, CatchUpTuner, label_fit
 from labelkeep_plugins.config import LossConfig
 from labelkeep_plugins.plugins import load_plugins
+from labelkeep_plugins.tuners.catchup import UPDATE_INTERVAL, CatchUpTuner, label_fit
 
 LOSS = LossConfig(weights={"ce": 1.0, "kd": 2.0}, temperature=4.0, focal=None)
 

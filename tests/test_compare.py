@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from labelkeep_plugins.cli import main
+from labelkeep_plugins.cli.main import main
 
 FAKE = textwrap.dedent("""
     import json, os, sys
@@ -59,8 +59,8 @@ def test_compare_rejects_bad_seeds(fake, tmp_path, capsys) -> None:
 
 
 def test_unmeasured_negative_flips_print_n_a_and_say_why() -> None:
-    from labelkeep_plugins.compare import UNSEEN_LABELS, format_table
-    from labelkeep_plugins.tuning.objective import Measurement
+    from labelkeep_plugins.experiments.compare import UNSEEN_LABELS, format_table
+    from labelkeep_plugins.experiments.objective import Measurement
 
     unseen = [Measurement(100, 10), Measurement(100, 12)]
     table = format_table({"plain": unseen, "labelkeep": unseen}, "train.py")

@@ -18,7 +18,7 @@ from labelkeep_plugins.config import (
     read_config_file,
 )
 from labelkeep_plugins.errors import ConfigError
-from labelkeep_plugins.terms import LossTerm
+from labelkeep_plugins.loss.terms import LossTerm
 
 
 def test_defaults():

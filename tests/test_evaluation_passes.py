@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from labelkeep_plugins import Config, attach, snapshot_reference
 from labelkeep_plugins.injector.evaluation import PassMeters
 from labelkeep_plugins.injector.passes import AMBIGUOUS_MODE_CALL, AMBIGUOUS_TAIL, EvaluationBatch
-from labelkeep_plugins.session import Session
+from labelkeep_plugins.zero_code.session import Session
 
 TEST, VALIDATION = 540, 300  # the test set; a validation set of another size
 BATCH = 64  # 540 = 8 * 64 + 28: the last batch is partial

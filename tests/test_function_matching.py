@@ -28,13 +28,13 @@ from labelkeep_plugins import (
     load_plugins,
     snapshot_reference,
 )
-from labelkeep_plugins.builtin.terms import hinton_kd
-from labelkeep_plugins.composer import LossComposer
 from labelkeep_plugins.config import FocalConfig, FunctionMatchingConfig, LossConfig
 from labelkeep_plugins.errors import LabelkeepWarning
 from labelkeep_plugins.injector.function_matching import GRADIENT_PATH_WARNING, mixed_copy
+from labelkeep_plugins.loss.builtin_terms import hinton_kd
+from labelkeep_plugins.loss.composer import LossComposer
+from labelkeep_plugins.loss.terms import TermInputs
 from labelkeep_plugins.plugins import loss_terms
-from labelkeep_plugins.terms import TermInputs
 
 SEED = 11
 TEMPERATURE = 2.0

@@ -39,8 +39,8 @@ from labelkeep_plugins import (
     load_plugins,
     snapshot_reference,
 )
-from labelkeep_plugins.composer import LossComposer
 from labelkeep_plugins.config import FocalConfig, LossConfig
+from labelkeep_plugins.loss.composer import LossComposer
 
 CLASSES = 5
 
@@ -868,7 +868,7 @@ def test_two_criterion_calls_on_one_forward_count_once(student, reference_model,
 def test_reference_cache_serves_repeated_inputs_with_identical_gradients(
     student, reference_model, batch
 ):
-    from labelkeep_plugins.reference_cache import ReferenceCache
+    from labelkeep_plugins.reference.cache import ReferenceCache
 
     x, y = batch
 

@@ -9,14 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-import labelkeep_plugins.adapters as adapters_module
+import labelkeep_plugins.zero_code.adapters as adapters_module
 from labelkeep_plugins import Config, hookimpl
-from labelkeep_plugins.adapters import PatchingAdapter
 from labelkeep_plugins.errors import LabelkeepWarning, PluginError
-from labelkeep_plugins.importhooks import when_imported
-from labelkeep_plugins.instrumentation import current_session, instrumented, uninstrument
 from labelkeep_plugins.plugins import get_plugin_manager, load_plugins
-from labelkeep_plugins.reference import checksum
+from labelkeep_plugins.reference.snapshot import checksum
+from labelkeep_plugins.zero_code.adapters import PatchingAdapter
+from labelkeep_plugins.zero_code.importhooks import when_imported
+from labelkeep_plugins.zero_code.instrument import current_session, instrumented, uninstrument
 
 FAKE_MODULE = "labelkeep_fake_framework"
 
@@ -125,7 +125,7 @@ def test_adapter_snapshots_before_compression_and_trains_every_step(framework) -
 def test_instrument_is_idempotent(framework) -> None:
     register(FakeAdapter())
     with instrumented(Config()) as first:
-        from labelkeep_plugins.instrumentation import instrument
+        from labelkeep_plugins.zero_code.instrument import instrument
 
         assert instrument(Config()) is first
 
@@ -138,7 +138,7 @@ def test_adapter_waits_for_its_framework_import(monkeypatch: pytest.MonkeyPatch)
         assert session.adapters["fake"].state == "waiting-for-import"
         monkeypatch.setitem(sys.modules, FAKE_MODULE, make_framework())
         # A real import would fire the hook; simulate the loader's callback path directly.
-        from labelkeep_plugins import importhooks
+        from labelkeep_plugins.zero_code import importhooks
 
         importhooks._fire(FAKE_MODULE, sys.modules[FAKE_MODULE])
         assert session.adapters["fake"].state == "active"
@@ -237,7 +237,7 @@ def test_reporters_receive_the_report_at_exit(framework, monkeypatch, tmp_path) 
     import json
     import os
 
-    from labelkeep_plugins.auto import ROOT_PID_ENV, write_report_at_exit
+    from labelkeep_plugins.zero_code.auto import ROOT_PID_ENV, write_report_at_exit
 
     received: list[dict] = []
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from labelkeep_plugins import LossTerm, hookimpl
-from labelkeep_plugins.builtin.terms import hinton_kd
-from labelkeep_plugins.cli import main
+from labelkeep_plugins.cli.main import main
+from labelkeep_plugins.loss.builtin_terms import hinton_kd
 from labelkeep_plugins.plugins import get_plugin_manager, load_plugins
 
 
@@ -34,7 +34,7 @@ class ForkPlugin:
 def test_lists_builtins_terms_and_tuners(capsys) -> None:
     assert main(["plugins"]) == 0
     out = capsys.readouterr().out
-    assert "labelkeep_plugins.builtin.terms (built-in)" in out
+    assert "labelkeep_plugins.loss.builtin_terms (built-in)" in out
     assert "  kd: Hinton KD" in out
     assert "tuners: catchup, fixed" in out
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from labelkeep_plugins.errors import LogitsError
-from labelkeep_plugins.logits import as_logits
+from labelkeep_plugins.loss.logits import as_logits
 
 LOGITS = torch.randn(4, 3)
 

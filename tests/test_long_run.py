@@ -23,11 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labelkeep_plugins import Config, LossConfig, catchup, softadapt
+from labelkeep_plugins import Config, LossConfig
 from labelkeep_plugins.injector.attach import InjectionHandle
 from labelkeep_plugins.injector.evaluation import HISTORY_PASSES
-from labelkeep_plugins.instrumentation import instrumented
-from labelkeep_plugins.session import Session
+from labelkeep_plugins.tuners import catchup, softadapt
+from labelkeep_plugins.zero_code.instrument import instrumented
+from labelkeep_plugins.zero_code.session import Session
 
 STEPS = 1200
 EVALUATE_EVERY = 4  # 300 passes, over four times the pass history (64)

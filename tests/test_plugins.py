@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 
 from labelkeep_plugins import hookimpl, plugins
-from labelkeep_plugins.composer import LossComposer
 from labelkeep_plugins.config import Config, LossConfig
 from labelkeep_plugins.errors import ConfigError, LabelkeepWarning, PluginError
-from labelkeep_plugins.terms import LossTerm
-from labelkeep_plugins.tuners import FixedTuner, make_tuner
+from labelkeep_plugins.loss.composer import LossComposer
+from labelkeep_plugins.loss.terms import LossTerm
+from labelkeep_plugins.tuners.base import FixedTuner, make_tuner
 
 BUILTIN_NAMES = {"ce", "kd", "hard", "logit_mse", "fm"}
 
@@ -109,7 +109,7 @@ def test_name_clash_names_both_plugins():
     message = str(info.value)
     assert "'kd'" in message
     assert "clashing-plugin" in message
-    assert "labelkeep_plugins.builtin.terms" in message
+    assert "labelkeep_plugins.loss.builtin_terms" in message
 
 
 def test_registering_a_non_term_is_an_error():
@@ -133,14 +133,14 @@ def test_tuner_registered_twice_is_an_error():
     with pytest.raises(PluginError, match=r"'fixed'") as info:
         plugins.tuner_factories()
     assert "second-fixed" in str(info.value)
-    assert "labelkeep_plugins.builtin.tuners" in str(info.value)
+    assert "labelkeep_plugins.tuners.builtin" in str(info.value)
 
 
 # --- entry points ----------------------------------------------------------------------------
 
 GOOD_PLUGIN = """
 from labelkeep_plugins import hookimpl
-from labelkeep_plugins.terms import LossTerm
+from labelkeep_plugins.loss.terms import LossTerm
 
 LOADS = []
 LOADS.append(1)

@@ -10,7 +10,7 @@ from conftest import TinyCNN
 from torch import nn
 
 from labelkeep_plugins.errors import SnapshotError
-from labelkeep_plugins.reference import (
+from labelkeep_plugins.reference.snapshot import (
     as_reference,
     checksum,
     is_snapshot,

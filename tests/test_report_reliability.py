@@ -13,17 +13,17 @@ from pathlib import Path
 import pytest
 from torch import nn
 
-from labelkeep_plugins import auto
 from labelkeep_plugins.config import Config
 from labelkeep_plugins.hookspecs import hookimpl
-from labelkeep_plugins.instrumentation import instrumented
 from labelkeep_plugins.jsonfile import unwritable_reason, write_json
 from labelkeep_plugins.plugins import get_plugin_manager
-from labelkeep_plugins.runner import BOOTSTRAP_DIR
+from labelkeep_plugins.zero_code import auto
+from labelkeep_plugins.zero_code.instrument import instrumented
+from labelkeep_plugins.zero_code.runner import BOOTSTRAP_DIR
 
 SCRIPT = textwrap.dedent("""
     import sys
-    from labelkeep_plugins.instrumentation import current_session
+    from labelkeep_plugins.zero_code.instrument import current_session
     print("script started", file=sys.stderr, flush=True)
     print("active" if current_session() is not None else "inactive")
 """)
@@ -33,7 +33,7 @@ TRAIN = textwrap.dedent("""
     import os, signal, sys
     import torch
     from torch import nn
-    from labelkeep_plugins.instrumentation import current_session
+    from labelkeep_plugins.zero_code.instrument import current_session
 
     stop = {"asked": False}
     if "--own-handler" in sys.argv:  # installed after labelkeep's: it must stay in charge
@@ -83,7 +83,7 @@ def _default_sigint() -> None:
 
 def labelkeep_run(*args: str) -> list[str]:
     """The ``labelkeep-run`` entry point, with this interpreter."""
-    main = "import sys; from labelkeep_plugins.runner import labelkeep_run_main as m; "
+    main = "import sys; from labelkeep_plugins.zero_code.runner import labelkeep_run_main as m; "
     return [sys.executable, "-c", main + "sys.exit(m(sys.argv[1:]))", *args]
 
 

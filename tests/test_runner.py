@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from labelkeep_plugins.auto import report_path
-from labelkeep_plugins.runner import BOOTSTRAP_DIR, run_environment
+from labelkeep_plugins.zero_code.auto import report_path
+from labelkeep_plugins.zero_code.runner import BOOTSTRAP_DIR, run_environment
 
 SCRIPT_ACTIVE = textwrap.dedent("""
     import sys
-    from labelkeep_plugins.instrumentation import current_session
+    from labelkeep_plugins.zero_code.instrument import current_session
     print("active" if current_session() is not None else "inactive")
     sys.exit(int(sys.argv[1]) if len(sys.argv) > 1 else 0)
 """)
@@ -31,7 +31,7 @@ def run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[s
 
 
 def labelkeep_run(*args: str) -> list[str]:
-    return [sys.executable, "-m", "labelkeep_plugins.cli", "run", *args]
+    return [sys.executable, "-m", "labelkeep_plugins.cli.main", "run", *args]
 
 
 @pytest.fixture
@@ -110,7 +110,7 @@ def test_labelkeep_run_entry_point(tmp_path: Path, script: Path) -> None:
         [
             sys.executable,
             "-c",
-            "import sys; from labelkeep_plugins.runner import labelkeep_run_main as m; "
+            "import sys; from labelkeep_plugins.zero_code.runner import labelkeep_run_main as m; "
             "sys.exit(m(sys.argv[1:]))",
             sys.executable,
             str(script),

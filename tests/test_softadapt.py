@@ -12,8 +12,8 @@ from torch import nn
 from labelkeep_plugins import Config, ConfigError, attach, snapshot_reference
 from labelkeep_plugins.config import LossConfig, SoftAdaptConfig
 from labelkeep_plugins.plugins import tuner_factories
-from labelkeep_plugins.softadapt import SoftAdaptTuner, softadapt_weights
-from labelkeep_plugins.tuners import make_tuner
+from labelkeep_plugins.tuners.base import make_tuner
+from labelkeep_plugins.tuners.softadapt import SoftAdaptTuner, softadapt_weights
 
 
 def _config(variant: str = "original", beta: float = 0.1, interval: int = 2) -> Config:

@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from labelkeep_plugins.builtin.terms import BUILTIN_TERMS
-from labelkeep_plugins.composer import LossComposer, focal_weights
 from labelkeep_plugins.config import FocalConfig, LossConfig
 from labelkeep_plugins.errors import NonFiniteError, ShapeMismatchError
-from labelkeep_plugins.terms import LossTerm, TermInputs
+from labelkeep_plugins.loss.builtin_terms import BUILTIN_TERMS
+from labelkeep_plugins.loss.composer import LossComposer, focal_weights
+from labelkeep_plugins.loss.terms import LossTerm, TermInputs
 
 TERMS = {term.name: term for term in BUILTIN_TERMS}
 N, C = 16, 6

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from labelkeep_plugins import Config
-from labelkeep_plugins.catchup import CatchUpTuner
 from labelkeep_plugins.config import LossConfig
 from labelkeep_plugins.errors import ConfigError
-from labelkeep_plugins.softadapt import SoftAdaptTuner
+from labelkeep_plugins.tuners.catchup import CatchUpTuner
+from labelkeep_plugins.tuners.softadapt import SoftAdaptTuner
 
 
 def test_retuning_during_the_run_reads_no_plugin_registry(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -52,7 +52,7 @@ def test_reweighting_checks_names_and_values_without_the_registry() -> None:
 
 
 def test_the_removed_online_tuner_is_named_with_what_to_use_instead() -> None:
-    from labelkeep_plugins.tuners import make_tuner
+    from labelkeep_plugins.tuners.base import make_tuner
 
     with pytest.raises(ConfigError, match=r"tuner 'online' was removed.*tuner: catchup"):
         make_tuner(Config(tuner="online"))

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from labelkeep_plugins.cli import main
+from labelkeep_plugins.cli.main import main
 from labelkeep_plugins.errors import ConfigError
+from labelkeep_plugins.experiments.objective import Measurement, Objective, rank
 from labelkeep_plugins.tuning.metric import Metric, MetricError
-from labelkeep_plugins.tuning.objective import Measurement, Objective, rank
 
 FAKE_TRIAL = textwrap.dedent("""
     import json, os, sys

@@ -238,7 +238,7 @@ def test_reporting_starts_only_in_the_process_that_fetched(
 TRIAL_SCRIPT = textwrap.dedent("""
     import torch
     import torch.nn.functional as F
-    from labelkeep_plugins.instrumentation import current_session
+    from labelkeep_plugins.zero_code.instrument import current_session
 
     session = current_session()  # what an adapter does when compression starts
     torch.manual_seed(0)
@@ -265,7 +265,7 @@ def _runner_command() -> list[str]:
     runner = shutil.which("labelkeep-run") or str(Path(sys.executable).with_name("labelkeep-run"))
     if Path(runner).exists():
         return [runner]
-    return [sys.executable, "-m", "labelkeep_plugins.cli", "run", "--"]
+    return [sys.executable, "-m", "labelkeep_plugins.cli.main", "run", "--"]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("nni") is None, reason="NNI is not installed")

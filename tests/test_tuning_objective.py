@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from labelkeep_plugins.errors import ConfigError, LabelkeepError
-from labelkeep_plugins.tuning.objective import (
+from labelkeep_plugins.experiments.objective import (
     Measurement,
     NoAgreementError,
     Objective,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from labelkeep_plugins.cli import main
+from labelkeep_plugins.cli.main import main
 from labelkeep_plugins.config import FocalConfig, LossConfig
 from labelkeep_plugins.errors import ConfigError
 from labelkeep_plugins.tuning.space import (

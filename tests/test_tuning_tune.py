@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from labelkeep_plugins.cli import main
+from labelkeep_plugins.cli.main import main
 from labelkeep_plugins.config import load_config
 from labelkeep_plugins.errors import LabelkeepError
 from labelkeep_plugins.tuning import search
@@ -299,7 +299,7 @@ def test_a_python_command_that_exits_early_is_told_by_its_code_and_last_lines(
     tmp_path: Path,
 ) -> None:
     from labelkeep_plugins.config import Config
-    from labelkeep_plugins.tuning.trial import run_trial
+    from labelkeep_plugins.experiments.trial import run_trial
 
     script = tmp_path / "early.py"
     script.write_text(EARLY_EXIT)
@@ -319,7 +319,7 @@ def test_a_python_command_that_exits_early_is_told_by_its_code_and_last_lines(
 
 def test_a_command_killed_by_a_signal_names_the_signal(tmp_path: Path) -> None:
     from labelkeep_plugins.config import Config
-    from labelkeep_plugins.tuning.trial import run_trial
+    from labelkeep_plugins.experiments.trial import run_trial
 
     kill = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
     run = run_trial([sys.executable, "-I", "-c", kill], tmp_path / "k", Config(), header="h")

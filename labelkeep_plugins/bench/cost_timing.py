@@ -30,13 +30,13 @@ from labelkeep_plugins.bench.cost_models import (
     cnn,
     training_step,
 )
-from labelkeep_plugins.composer import LossComposer
 from labelkeep_plugins.config import Config, LossConfig
 from labelkeep_plugins.injector.attach import InjectionHandle
+from labelkeep_plugins.loss.composer import LossComposer
 from labelkeep_plugins.plugins import load_plugins
-from labelkeep_plugins.reference import snapshot_reference
-from labelkeep_plugins.reference_cache import ReferenceCache
-from labelkeep_plugins.tuners import make_tuner
+from labelkeep_plugins.reference.cache import ReferenceCache
+from labelkeep_plugins.reference.snapshot import snapshot_reference
+from labelkeep_plugins.tuners.base import make_tuner
 
 VARIANTS = (
     "plain",

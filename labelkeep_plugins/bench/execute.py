@@ -15,8 +15,8 @@ from labelkeep_plugins.bench.plan import RunKey
 from labelkeep_plugins.bench.store import RunResult
 from labelkeep_plugins.config import Config
 from labelkeep_plugins.errors import LabelkeepError
-from labelkeep_plugins.tuning.objective import measurement_from_report
-from labelkeep_plugins.tuning.trial import run_trial
+from labelkeep_plugins.experiments.objective import measurement_from_report
+from labelkeep_plugins.experiments.trial import run_trial
 
 RunFunction = Callable[[RunKey, Sequence[str], Config, Path], RunResult]
 

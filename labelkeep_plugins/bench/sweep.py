@@ -29,7 +29,7 @@ from labelkeep_plugins.bench.plan import BenchSettings, RunKey, script_command
 from labelkeep_plugins.bench.sweep_table import comparison_table
 from labelkeep_plugins.config import Config, LossConfig
 from labelkeep_plugins.errors import ConfigError
-from labelkeep_plugins.tuners import make_tuner
+from labelkeep_plugins.tuners.base import make_tuner
 
 RESULT_FILE = "figures.json"
 

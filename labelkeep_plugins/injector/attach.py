@@ -27,7 +27,6 @@ import torch
 from torch import nn
 
 from labelkeep_plugins.budget import PassCount
-from labelkeep_plugins.composer import LossComposer, check_pair
 from labelkeep_plugins.config import FocalConfig, LogitsSelector, LossConfig
 from labelkeep_plugins.errors import LabelkeepError
 from labelkeep_plugins.injector import criterion, scaler
@@ -35,13 +34,14 @@ from labelkeep_plugins.injector.capture import CapturedForward, ForwardRegistry
 from labelkeep_plugins.injector.evaluation import EvaluationBatch, PassMeters
 from labelkeep_plugins.injector.forward_hook import ForwardHook
 from labelkeep_plugins.injector.function_matching import FunctionMatching, held_running_stats
-from labelkeep_plugins.labels import class_labels
-from labelkeep_plugins.logits import as_logits
+from labelkeep_plugins.loss.composer import LossComposer, check_pair
+from labelkeep_plugins.loss.labels import class_labels
+from labelkeep_plugins.loss.logits import as_logits
+from labelkeep_plugins.loss.terms import FUNCTION_MATCHING_TERM, GROUND_TRUTH_TERM
 from labelkeep_plugins.metrics import AgreementMeter
 from labelkeep_plugins.plugins import load_plugins
-from labelkeep_plugins.reference import as_reference, move_to
-from labelkeep_plugins.reference_cache import ReferenceCache
-from labelkeep_plugins.terms import FUNCTION_MATCHING_TERM, GROUND_TRUTH_TERM
+from labelkeep_plugins.reference.cache import ReferenceCache
+from labelkeep_plugins.reference.snapshot import as_reference, move_to
 
 
 @dataclass
@@ -86,7 +86,7 @@ class InjectionHandle:
     mismatch) raises into the user's training step; with it (auto mode) the
     failure goes to the callback and that step passes through unmodified.
     ``reference_cache``: serve the reference's logits for inputs seen before from this
-    cache instead of running its forward again (see :mod:`labelkeep_plugins.reference_cache`).
+    cache instead of running its forward again (see :mod:`labelkeep_plugins.reference.cache`).
     ``function_matching``: the ``fm`` term's state; its ``perturb`` makes the batch's copy.
     """
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn import _reduction
 
-from labelkeep_plugins.composer import in_internal_computation
+from labelkeep_plugins.loss.composer import in_internal_computation
 from labelkeep_plugins.patching import PatchSet
 
 PATCHED_FUNCTIONS = ("cross_entropy", "nll_loss")

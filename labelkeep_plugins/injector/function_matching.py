@@ -15,7 +15,7 @@ rides along the user's own training step:
   under the autocast state the user's forward ran in: the student's with labelkeep's hook
   muted (not captured, not counted) and its norm layers' running statistics held, the
   reference's under no_grad;
-* the value is :func:`~labelkeep_plugins.builtin.terms.hinton_kd` (temperature T, times
+* the value is :func:`~labelkeep_plugins.loss.builtin_terms.hinton_kd` (temperature T, times
   T^2) per sample, without focal weights (the copy has no labels), added to the user's loss
   value like the other terms. A loss that never reaches ``cross_entropy``/``nll_loss`` (the
   gradient path) has no value to add it to: ``fm`` is skipped there, with one warning.
@@ -34,12 +34,12 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
-from labelkeep_plugins.builtin.terms import function_matching_kd
-from labelkeep_plugins.composer import internal_computation
 from labelkeep_plugins.config import FunctionMatchingConfig, LossConfig
 from labelkeep_plugins.errors import LabelkeepError, LabelkeepWarning, ShapeMismatchError
 from labelkeep_plugins.injector.capture import CapturedForward
-from labelkeep_plugins.terms import FUNCTION_MATCHING_TERM, TermInputs
+from labelkeep_plugins.loss.builtin_terms import function_matching_kd
+from labelkeep_plugins.loss.composer import internal_computation
+from labelkeep_plugins.loss.terms import FUNCTION_MATCHING_TERM, TermInputs
 
 Perturb = Callable[[torch.Tensor, FunctionMatchingConfig], torch.Tensor]
 """``perturb(x, config)``: the copy of the batch ``x`` that both models see."""

@@ -7,7 +7,7 @@ optional (without it ``labelkeep tune`` falls back to an in-process random searc
 
 from __future__ import annotations
 
-from labelkeep_plugins.tuning.objective import (
+from labelkeep_plugins.experiments.objective import (
     Measurement,
     NoAgreementError,
     Ranked,

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from labelkeep_plugins.errors import ConfigError
-from labelkeep_plugins.runner import COMMAND_NOT_FOUND
+from labelkeep_plugins.zero_code.runner import COMMAND_NOT_FOUND
 
 DEFAULT_OUT = "labelkeep-tune"
 

@@ -1,7 +1,7 @@
 """Inside an NNI trial: the trial's parameters set the loss, the agreement goes back to NNI.
 
 An NNI experiment whose ``trialCommand`` is ``labelkeep-run python train.py`` starts the
-runner in each trial; :mod:`labelkeep_plugins.auto` calls :func:`prepare_config` before
+runner in each trial; :mod:`labelkeep_plugins.zero_code.auto` calls :func:`prepare_config` before
 instrumenting and :func:`start_reporting` after. Then:
 
 * the first instrumented process (the trial's own) calls ``nni.get_next_parameter()``
@@ -32,12 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from labelkeep_plugins.config import Config
+from labelkeep_plugins.env import PARAMETERS_ENV
+from labelkeep_plugins.experiments.objective import Measurement, measurement_from_report
 from labelkeep_plugins.hookspecs import hookimpl
 from labelkeep_plugins.patching import PatchSet
-from labelkeep_plugins.tuning.objective import Measurement, measurement_from_report
 from labelkeep_plugins.tuning.space import parameters_to_loss
 
-PARAMETERS_ENV = "LABELKEEP_NNI_PARAMETERS"
 REPORT_NAME = "labelkeep-report.json"
 PLUGIN_NAME = "labelkeep-nni-trial"
 
@@ -200,7 +200,7 @@ def report_final(session: Any, reporter: PassReporter) -> None:
 def _trial_report(own: dict[str, Any], base: str | None) -> dict[str, Any]:
     """This process's report, or rank 0's when the ranks did the evaluating (torchrun).
 
-    Rank files are named as :func:`labelkeep_plugins.auto.report_path` names them.
+    Rank files are named as :func:`labelkeep_plugins.zero_code.auto.report_path` names them.
     """
     if own.get("agreement") is not None or not base:
         return own
@@ -220,7 +220,7 @@ def _with_trial_report(config: Config) -> Config:
     if not folder:
         return config
     path = str(Path(folder) / REPORT_NAME)
-    from labelkeep_plugins.auto import REPORT_ENV
+    from labelkeep_plugins.env import REPORT_ENV
 
     os.environ.setdefault(REPORT_ENV, path)
     return replace(config, report=os.environ[REPORT_ENV])

@@ -19,9 +19,10 @@ from typing import Any, TextIO
 
 from labelkeep_plugins.config import Config, LossConfig
 from labelkeep_plugins.errors import ConfigError, LabelkeepError
+from labelkeep_plugins.experiments.objective import Objective, measurement_from_report, rank
+from labelkeep_plugins.experiments.trial import TrialRun, run_trial, trial_config
 from labelkeep_plugins.tuning.algorithms import SearchAlgorithm, SpaceExhausted, make_algorithm
 from labelkeep_plugins.tuning.metric import DEFAULT_MODE, Metric, MetricError
-from labelkeep_plugins.tuning.objective import Objective, measurement_from_report, rank
 from labelkeep_plugins.tuning.space import describe_space, parameters_to_loss
 from labelkeep_plugins.tuning.store import (
     LOG_FILE,
@@ -34,7 +35,6 @@ from labelkeep_plugins.tuning.store import (
 )
 from labelkeep_plugins.tuning.summary import ALL_FAILED, finish
 from labelkeep_plugins.tuning.table import LiveTable
-from labelkeep_plugins.tuning.trial import TrialRun, run_trial, trial_config
 
 PLAIN_LOSS = {"weights": {"ce": 1.0}}
 DEFAULT_ALGORITHM = "tpe"

@@ -20,7 +20,7 @@ from typing import Any
 
 from labelkeep_plugins.config import FocalConfig, LossConfig
 from labelkeep_plugins.errors import ConfigError
-from labelkeep_plugins.terms import GROUND_TRUTH_TERM
+from labelkeep_plugins.loss.terms import GROUND_TRUTH_TERM
 
 TEMPERATURE = "temperature"
 FOCAL_BASE = "focal_base"

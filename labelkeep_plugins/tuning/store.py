@@ -21,17 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from labelkeep_plugins.errors import ConfigError, LabelkeepError
+from labelkeep_plugins.experiments.objective import Measurement, measurement_from_report
+from labelkeep_plugins.experiments.trial import LOG_FILE, REPORT_FILE
 from labelkeep_plugins.jsonfile import write_json
 from labelkeep_plugins.tuning.metric import DEFAULT_MODE, Metric
-from labelkeep_plugins.tuning.objective import Measurement, measurement_from_report
 
 FORMAT = "labelkeep-tune-results"
 VERSION = 1
 RESULTS_FILE = "results.json"
 BEST_FILE = "best.yaml"
-CONFIG_FILE = "labelkeep.yaml"
-REPORT_FILE = "report.json"
-LOG_FILE = "output.log"
 
 
 @dataclass(frozen=True)

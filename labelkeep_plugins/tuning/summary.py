@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from labelkeep_plugins.config import Config, LossConfig
-from labelkeep_plugins.tuning.objective import Measurement, Objective, Ranked, rank
+from labelkeep_plugins.experiments.objective import Measurement, Objective, Ranked, rank
+from labelkeep_plugins.experiments.trial import trial_config, write_config
 from labelkeep_plugins.tuning.store import (
     BEST_FILE,
     LOG_FILE,
@@ -17,7 +18,6 @@ from labelkeep_plugins.tuning.store import (
     trial_dir,
 )
 from labelkeep_plugins.tuning.table import LiveTable, describe, format_figure, format_parameters
-from labelkeep_plugins.tuning.trial import trial_config, write_config
 
 ALL_FAILED = 1
 _RANKING = "fewest mismatches per evaluated sample, then fewest negative flips, among trials "

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, TextIO
 
-from labelkeep_plugins.tuning.objective import Measurement, Objective
+from labelkeep_plugins.experiments.objective import Measurement, Objective
 from labelkeep_plugins.tuning.store import TrialRecord
 
 

@@ -36,9 +36,9 @@ from brevitas.nn.mixin.base import QuantLayerMixin  # noqa: E402
 from torch.nn.modules import module as torch_module  # noqa: E402
 
 from labelkeep_plugins import Config, LabelkeepWarning, PluginError, checksum  # noqa: E402
-from labelkeep_plugins import adapters as host_adapters  # noqa: E402
-from labelkeep_plugins.composer import LossComposer  # noqa: E402
-from labelkeep_plugins.instrumentation import instrumented, uninstrument  # noqa: E402
+from labelkeep_plugins.loss.composer import LossComposer  # noqa: E402
+from labelkeep_plugins.zero_code import adapters as host_adapters  # noqa: E402
+from labelkeep_plugins.zero_code.instrument import instrumented, uninstrument  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:brevitas", "ignore::FutureWarning")
 
@@ -392,7 +392,7 @@ def test_uninstrument_restores_every_attribute_by_identity() -> None:
 
 
 def session_adapter(session):
-    from labelkeep_plugins import instrumentation
+    from labelkeep_plugins.zero_code import instrument as instrumentation
 
     [adapter] = [a for a in instrumentation._instrumented if a.name == "brevitas"]
     return adapter

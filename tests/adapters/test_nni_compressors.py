@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from labelkeep_plugins import Config, checksum
-from labelkeep_plugins.instrumentation import instrumented
+from labelkeep_plugins.zero_code.instrument import instrumented
 
 SCRIPTS = Path(__file__).parent / "scripts"
 

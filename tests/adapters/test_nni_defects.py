@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from labelkeep_plugins import Config
-from labelkeep_plugins.instrumentation import instrumented
+from labelkeep_plugins.zero_code.instrument import instrumented
 
 SCRIPTS = Path(__file__).parent / "scripts"
 

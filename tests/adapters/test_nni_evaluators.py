@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 from labelkeep_plugins import Config
-from labelkeep_plugins.instrumentation import instrumented
+from labelkeep_plugins.zero_code.instrument import instrumented
 
 TRAINING_STEPS = 3
 SAMPLES, FEATURES, CLASSES, BATCH = 64, 16, 5, 16

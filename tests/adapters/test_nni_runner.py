@@ -15,10 +15,10 @@ import pytest
 import torch
 from labelkeep_nni import adapter as nni_adapter
 
-import labelkeep_plugins.adapters as adapters_module
+import labelkeep_plugins.zero_code.adapters as adapters_module
 from labelkeep_plugins import Config, checksum
 from labelkeep_plugins.errors import LabelkeepWarning, PluginError
-from labelkeep_plugins.instrumentation import instrumented, uninstrument
+from labelkeep_plugins.zero_code.instrument import instrumented, uninstrument
 
 SCRIPTS = Path(__file__).parent / "scripts"
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -121,7 +121,7 @@ def test_plugin_module_does_not_import_nni_and_uninstrument_cancels_the_import_h
         "import sys, labelkeep_nni, labelkeep_nni.adapter\n"
         "print(any(m == 'nni' or m.startswith('nni.') for m in sys.modules))\n"
         "from labelkeep_plugins import Config\n"
-        "from labelkeep_plugins.instrumentation import instrument, uninstrument\n"
+        "from labelkeep_plugins.zero_code.instrument import instrument, uninstrument\n"
         "import nni.compression\n"
         "instrument(Config()); uninstrument()\n"
         "from nni.compression.speedup.model_speedup import ModelSpeedup\n"

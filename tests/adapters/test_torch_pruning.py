@@ -33,8 +33,8 @@ from labelkeep_plugins import (
     checksum,
     plugins,
 )
-from labelkeep_plugins import adapters as host_adapters
-from labelkeep_plugins.instrumentation import instrument, instrumented, uninstrument
+from labelkeep_plugins.zero_code import adapters as host_adapters
+from labelkeep_plugins.zero_code.instrument import instrument, instrumented, uninstrument
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = Path(__file__).resolve().parent / "scripts"

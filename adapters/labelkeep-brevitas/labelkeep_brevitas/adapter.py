@@ -37,12 +37,15 @@ from labelkeep_brevitas.students import (
     disable_quantization,
     warn_if_frozen_once,
 )
-from labelkeep_plugins.adapters import PatchingAdapter
-from labelkeep_plugins.importhooks import ImportCallback, cancel, when_imported
+from labelkeep_plugins.zero_code.adapter_api import (
+    ImportCallback,
+    PatchingAdapter,
+    cancel,
+    when_imported,
+)
 
 if TYPE_CHECKING:
-    from labelkeep_plugins.injector import InjectionHandle
-    from labelkeep_plugins.session import Session
+    from labelkeep_plugins.zero_code.adapter_api import InjectionHandle, Session
 
 FRAMEWORK = "brevitas"
 HAND_BUILT_WHERE = "first training forward of a hand-built brevitas.nn model (quantization off)"

@@ -29,8 +29,7 @@ from torch import nn
 from torch.nn.modules.module import register_module_forward_pre_hook
 from torch.utils.hooks import RemovableHandle
 
-from labelkeep_plugins.errors import LabelkeepWarning
-from labelkeep_plugins.patching import PatchSet
+from labelkeep_plugins.zero_code.adapter_api import LabelkeepWarning, PatchSet
 
 _float_references: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 

@@ -48,13 +48,15 @@ from labelkeep_nni import notices, optimizer_check
 from labelkeep_nni.mask_watch import MaskWatch
 from labelkeep_nni.shims import install_shims
 from labelkeep_nni.speedup import SpeedupPatch
-from labelkeep_plugins.adapters import PatchingAdapter
-from labelkeep_plugins.importhooks import cancel, when_imported
-from labelkeep_plugins.reference import unwrap_model
+from labelkeep_plugins.zero_code.adapter_api import (
+    PatchingAdapter,
+    cancel,
+    unwrap_model,
+    when_imported,
+)
 
 if TYPE_CHECKING:
-    from labelkeep_plugins.injector.attach import InjectionHandle
-    from labelkeep_plugins.session import Session
+    from labelkeep_plugins.zero_code.adapter_api import InjectionHandle, Session
 
 SPEEDUP_MODULE = "nni.compression.speedup.model_speedup"
 EVALUATORS = (

@@ -10,7 +10,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from labelkeep_plugins.session import Session
+    from labelkeep_plugins.zero_code.adapter_api import Session
 
 PREFIX = "labelkeep: nni: "
 

@@ -34,7 +34,7 @@ from typing import Any
 
 from packaging.version import Version
 
-from labelkeep_plugins.patching import PatchSet
+from labelkeep_plugins.zero_code.adapter_api import PatchSet
 
 
 def install_shims(patches: PatchSet, evaluator_module: Any) -> list[str]:

@@ -19,13 +19,31 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from labelkeep_nni.adapter import NNIAdapter
+    from contextlib import AbstractContextManager
+
+    from labelkeep_nni.mask_watch import MaskWatch
+    from labelkeep_nni.notices import Notices
+    from labelkeep_plugins.zero_code.adapter_api import InjectionHandle, PatchSet, Session
+
+
+class SpeedupHost(Protocol):
+    """What the patch needs of its adapter (the NNI adapter), named so as not to import it."""
+
+    patches: PatchSet
+    notices: Notices
+    masks: MaskWatch
+    session: Session | None
+
+    def guard(self) -> AbstractContextManager[None]: ...
+
+    def handle_of(self, model: Any) -> InjectionHandle | None: ...
+
 
 _PROBE_INPUT = (torch.zeros(1, 2),)
 
@@ -44,7 +62,7 @@ def concrete_tracer_failure() -> str | None:
 class SpeedupPatch:
     """Patches ``ModelSpeedup.__init__`` and ``speedup_model`` for one adapter."""
 
-    def __init__(self, adapter: NNIAdapter) -> None:
+    def __init__(self, adapter: SpeedupHost) -> None:
         self.adapter = adapter
         self._tracer_failure: str | bool | None = False  # False: not probed yet
 

@@ -30,10 +30,12 @@ from typing import Any
 
 from torch import nn
 
-from labelkeep_plugins.adapters import PatchingAdapter
-from labelkeep_plugins.errors import ConfigError
-from labelkeep_plugins.reference import unwrap_model
-from labelkeep_plugins.session import Session
+from labelkeep_plugins.zero_code.adapter_api import (
+    ConfigError,
+    PatchingAdapter,
+    Session,
+    unwrap_model,
+)
 from labelkeep_torch_pruning.recovery import StudentPhase
 
 LOSS_DURING_IMPORTANCE_ENV = "LABELKEEP_TP_LOSS_DURING_IMPORTANCE"

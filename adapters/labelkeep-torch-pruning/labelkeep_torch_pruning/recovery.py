@@ -22,11 +22,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from labelkeep_plugins.config import LogitsSelector
-from labelkeep_plugins.errors import LabelkeepError
-from labelkeep_plugins.injector.attach import InjectionHandle
-from labelkeep_plugins.injector.forward_hook import ForwardHook
-from labelkeep_plugins.logits import as_logits
+from labelkeep_plugins.zero_code.adapter_api import (
+    ForwardHook,
+    InjectionHandle,
+    LabelkeepError,
+    LogitsSelector,
+    as_logits,
+)
 
 Guard = Callable[[], AbstractContextManager[None]]
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from labelkeep_plugins.adapters import PatchingAdapter
-from labelkeep_plugins.session import Session
+from labelkeep_plugins.zero_code.adapter_api import PatchingAdapter, Session
 
 
 class MylibAdapter(PatchingAdapter):
     name = "mylib"
     framework = "mylib"  # the distribution name pip knows; its version is read from metadata
-    supported = ">=2.0,<3"  # the versions this adapter was verified against
+    distribution = "labelkeep-mylib"  # its pin on mylib (pyproject.toml) is the supported range
     module = "mylib"  # instrument() runs when the user's script first imports this module
 
     def install(self, session: Session) -> None:

@@ -22,7 +22,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from labelkeep_plugins.data import DATASETS, dataset_arrays  # the one split; activates nothing
+from labelkeep_plugins.experiments.data import (  # the one split; activates nothing
+    DATASETS,
+    dataset_arrays,
+)
 
 SPLITS = ("val", "test")
 VALIDATION_FRACTION = 0.2

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from labelkeep_plugins.hookspecs import hookimpl
-from labelkeep_plugins.terms import (
+from labelkeep_plugins.loss.terms import (
     FUNCTION_MATCHING_TERM,
     GROUND_TRUTH_TERM,
     LossTerm,

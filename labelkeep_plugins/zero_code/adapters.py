@@ -21,7 +21,7 @@ from labelkeep_plugins.errors import PluginError
 from labelkeep_plugins.patching import PatchSet
 
 if TYPE_CHECKING:
-    from labelkeep_plugins.session import Session
+    from labelkeep_plugins.zero_code.session import Session
 
 
 @runtime_checkable

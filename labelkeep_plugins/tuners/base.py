@@ -12,7 +12,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from labelkeep_plugins.config import Config, LossConfig
 from labelkeep_plugins.errors import ConfigError
-from labelkeep_plugins.terms import GROUND_TRUTH_TERM
+from labelkeep_plugins.loss.terms import GROUND_TRUTH_TERM
 
 
 @runtime_checkable

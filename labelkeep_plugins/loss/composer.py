@@ -14,8 +14,8 @@ import torch
 
 from labelkeep_plugins.config import FocalConfig, LossConfig
 from labelkeep_plugins.errors import NonFiniteError, ShapeMismatchError
-from labelkeep_plugins.labels import class_labels
-from labelkeep_plugins.terms import GROUND_TRUTH_TERM, LossTerm, TermInputs
+from labelkeep_plugins.loss.labels import class_labels
+from labelkeep_plugins.loss.terms import GROUND_TRUTH_TERM, LossTerm, TermInputs
 
 _internal = threading.local()
 

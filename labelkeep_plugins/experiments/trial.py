@@ -25,12 +25,16 @@ from typing import Any
 import yaml
 
 from labelkeep_plugins.config import Config, LossConfig
-from labelkeep_plugins.runner import run_environment
-from labelkeep_plugins.tuning.store import CONFIG_FILE, LOG_FILE, REPORT_FILE
+from labelkeep_plugins.zero_code.runner import run_environment
 
 _LOG_TAIL_LINES = 5
 _TAIL_BYTES = 8192  # enough for the last lines of a traceback
 _COPY_GRACE_SECONDS = 5.0
+
+#: What a trial directory holds: the config it ran with, its report and its output.
+CONFIG_FILE = "labelkeep.yaml"
+REPORT_FILE = "report.json"
+LOG_FILE = "output.log"
 
 
 @dataclass(frozen=True)

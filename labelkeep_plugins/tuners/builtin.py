@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from labelkeep_plugins.catchup import CatchUpTuner
 from labelkeep_plugins.hookspecs import hookimpl
-from labelkeep_plugins.softadapt import SoftAdaptTuner
-from labelkeep_plugins.tuners import FixedTuner
+from labelkeep_plugins.tuners.base import FixedTuner
+from labelkeep_plugins.tuners.catchup import CatchUpTuner
+from labelkeep_plugins.tuners.softadapt import SoftAdaptTuner
 
 
 @hookimpl

@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from labelkeep_plugins.config import Config, LossConfig
 from labelkeep_plugins.errors import ConfigError
 from labelkeep_plugins.hookspecs import hookimpl
-from labelkeep_plugins.labels import valid_labels
-from labelkeep_plugins.tuners import LiveTuner, check_resumable, teacher_scaled
+from labelkeep_plugins.loss.labels import valid_labels
+from labelkeep_plugins.tuners.base import LiveTuner, check_resumable, teacher_scaled
 
 UPDATE_INTERVAL = 20  # training steps averaged into one reading of the gate
 TRAJECTORY_LIMIT = 500

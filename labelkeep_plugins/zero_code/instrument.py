@@ -14,17 +14,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from labelkeep_plugins.adapters import Adapter, check_compatibility
 from labelkeep_plugins.config import Config, load_config
+from labelkeep_plugins.env import DISABLED_ADAPTERS_ENV
 from labelkeep_plugins.errors import PluginError
-from labelkeep_plugins.importhooks import ImportCallback, cancel, when_imported
 from labelkeep_plugins.plugins import (
     collect,
     disabled_adapter_names,
     load_plugins,
     unknown_name_lines,
 )
-from labelkeep_plugins.session import AdapterStatus, Session
+from labelkeep_plugins.zero_code.adapters import Adapter, check_compatibility
+from labelkeep_plugins.zero_code.importhooks import ImportCallback, cancel, when_imported
+from labelkeep_plugins.zero_code.session import AdapterStatus, Session
 
 _lock = threading.RLock()
 _session: Session | None = None
@@ -139,7 +140,7 @@ def _is_disabled(config: Config, name: str) -> bool:
 def _warn_unknown_disabled(session: Session, known: list[str]) -> None:
     """A disabled-adapter name that matches no adapter switches nothing off: say so, once."""
     sources = {
-        "LABELKEEP_DISABLED_ADAPTERS": disabled_adapter_names() or set(),
+        DISABLED_ADAPTERS_ENV: disabled_adapter_names() or set(),
         "disabled_adapters": set(session.config.disabled_adapters),
     }
     for where, names in sources.items():

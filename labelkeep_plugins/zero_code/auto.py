@@ -1,6 +1,6 @@
 """Zero-code activation inside a process started by ``labelkeep run``.
 
-The runner sets ``LABELKEEP_AUTO`` and puts :mod:`labelkeep_plugins.bootstrap`
+The runner sets ``LABELKEEP_AUTO`` and puts :mod:`labelkeep_plugins.zero_code.bootstrap`
 first on ``PYTHONPATH``; its ``sitecustomize`` calls :func:`activate_from_environment`
 in every Python process of the command (subprocesses and ``torchrun`` workers too).
 
@@ -23,17 +23,14 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 
+from labelkeep_plugins.env import AUTO_ENV, REPORT_ENV, ROOT_PID_ENV, STRICT_ENV
 from labelkeep_plugins.errors import ConfigError, LabelkeepError
 from labelkeep_plugins.jsonfile import unwritable_reason, write_json_or_tell
 
 if TYPE_CHECKING:
     from labelkeep_plugins.config import Config
-    from labelkeep_plugins.session import Session
+    from labelkeep_plugins.zero_code.session import Session
 
-AUTO_ENV = "LABELKEEP_AUTO"
-REPORT_ENV = "LABELKEEP_REPORT"
-STRICT_ENV = "LABELKEEP_STRICT"
-ROOT_PID_ENV = "LABELKEEP_ROOT_PID"
 REFUSED_EXIT_CODE = 2
 # Signals whose default action ends Python without atexit (SIGKILL cannot be caught). SIGINT is
 # not among them: Python's own handler raises KeyboardInterrupt, and atexit writes the report.
@@ -74,8 +71,8 @@ def activate_from_environment() -> None:
 
 def _instrument(source: Path | None, strict: bool) -> Session:
     from labelkeep_plugins.config import Config, load_config
-    from labelkeep_plugins.instrumentation import instrument
     from labelkeep_plugins.tuning.nni_trial import prepare_config
+    from labelkeep_plugins.zero_code.instrument import instrument
 
     config = load_config(source) if source is not None else Config()
     config = replace(
@@ -206,8 +203,8 @@ def write_report_at_exit() -> None:
 
     A forked child (a DataLoader worker) skips it: its session is a stale copy of its parent's.
     """
-    from labelkeep_plugins.instrumentation import current_session
     from labelkeep_plugins.plugins import load_plugins
+    from labelkeep_plugins.zero_code.instrument import current_session
 
     session = current_session()
     if session is None or session in _Reporting.written or not _owns_session():
@@ -245,7 +242,7 @@ def _report_then_die(number: int, frame: FrameType | None) -> None:
     """Write the report, then let the signal end the process as it would have (same status)."""
     signal.signal(number, signal.SIG_DFL)  # a second signal while writing ends it at once
     if _owns_session():
-        from labelkeep_plugins.instrumentation import current_session
+        from labelkeep_plugins.zero_code.instrument import current_session
 
         session = current_session()
         try:

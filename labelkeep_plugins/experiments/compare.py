@@ -19,9 +19,9 @@ from typing import Any
 
 from labelkeep_plugins.config import Config, LossConfig, load_config
 from labelkeep_plugins.errors import LabelkeepError
+from labelkeep_plugins.experiments.objective import Measurement, measurement_from_report
+from labelkeep_plugins.experiments.trial import TrialRun, output_pointer, run_trial
 from labelkeep_plugins.jsonfile import write_json
-from labelkeep_plugins.tuning.objective import Measurement, measurement_from_report
-from labelkeep_plugins.tuning.trial import TrialRun, output_pointer, run_trial
 
 ARMS = ("plain", "labelkeep")
 

@@ -17,10 +17,10 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from labelkeep_plugins.data import Split, load_dataset
-from labelkeep_plugins.loss import LabelPreservingLoss
+from labelkeep_plugins.experiments.data import Split, load_dataset
+from labelkeep_plugins.injector.dropin import LabelPreservingLoss
 from labelkeep_plugins.metrics import AgreementReport, agreement
-from labelkeep_plugins.reference import snapshot_reference
+from labelkeep_plugins.reference.snapshot import snapshot_reference
 
 
 class Conv1dClassifier(nn.Module):
@@ -148,8 +148,8 @@ def run_demo(
 
 def summary_table(collected: Mapping[str, list[AgreementReport]], settings: DemoSettings) -> str:
     """Mean ± spread per method and the reduction factors, as ``labelkeep compare`` prints them."""
-    from labelkeep_plugins.compare import format_table
-    from labelkeep_plugins.tuning.objective import measurement_from_report
+    from labelkeep_plugins.experiments.compare import format_table
+    from labelkeep_plugins.experiments.objective import measurement_from_report
 
     results = {
         method: [

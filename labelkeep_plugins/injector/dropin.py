@@ -8,12 +8,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from labelkeep_plugins.composer import LossComposer
 from labelkeep_plugins.config import FocalConfig, LogitsSelector
 from labelkeep_plugins.errors import MissingReferenceError, ShapeMismatchError
 from labelkeep_plugins.injector.attach import loss_config
-from labelkeep_plugins.logits import as_logits
-from labelkeep_plugins.reference import as_reference, move_to
+from labelkeep_plugins.loss.composer import LossComposer
+from labelkeep_plugins.loss.logits import as_logits
+from labelkeep_plugins.reference.snapshot import as_reference, move_to
 
 
 class LabelPreservingLoss(nn.Module):

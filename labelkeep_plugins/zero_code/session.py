@@ -18,13 +18,13 @@ from torch import nn
 
 from labelkeep_plugins._version import __version__
 from labelkeep_plugins.budget import mismatch_trend
-from labelkeep_plugins.composer import LossComposer
 from labelkeep_plugins.config import Config
 from labelkeep_plugins.errors import LabelkeepError
+from labelkeep_plugins.loss.composer import LossComposer
 from labelkeep_plugins.metrics import AgreementMeter
 from labelkeep_plugins.plugins import load_plugins
-from labelkeep_plugins.reference import checksum, snapshot_reference, unwrap_model
-from labelkeep_plugins.tuners import make_tuner
+from labelkeep_plugins.reference.snapshot import checksum, snapshot_reference, unwrap_model
+from labelkeep_plugins.tuners.base import make_tuner
 
 if TYPE_CHECKING:
     from labelkeep_plugins.injector.attach import InjectionHandle
@@ -257,7 +257,7 @@ def _reference_cache(config: Config) -> Any:
     settings = config.reference_cache
     if settings is None:
         return None
-    from labelkeep_plugins.reference_cache import ReferenceCache
+    from labelkeep_plugins.reference.cache import ReferenceCache
 
     return ReferenceCache(int(settings.max_mb * 2**20), copy_to_host=settings.copy_to_host)
 

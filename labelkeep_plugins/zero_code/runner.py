@@ -14,10 +14,16 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from labelkeep_plugins.auto import AUTO_ENV, REPORT_ENV, ROOT_PID_ENV, STRICT_ENV, config_source
 from labelkeep_plugins.config import CONFIG_ENV, load_config
 from labelkeep_plugins.errors import ConfigError
 from labelkeep_plugins.jsonfile import unwritable_reason
+from labelkeep_plugins.zero_code.auto import (
+    AUTO_ENV,
+    REPORT_ENV,
+    ROOT_PID_ENV,
+    STRICT_ENV,
+    config_source,
+)
 
 COMMAND_NOT_FOUND = 127
 BOOTSTRAP_DIR = Path(__file__).resolve().parent / "bootstrap"

@@ -26,7 +26,7 @@ import torch
 from labelkeep_plugins.config import Config, LossConfig, SoftAdaptConfig
 from labelkeep_plugins.errors import ConfigError
 from labelkeep_plugins.hookspecs import hookimpl
-from labelkeep_plugins.tuners import LiveTuner, check_resumable
+from labelkeep_plugins.tuners.base import LiveTuner, check_resumable
 
 TRAJECTORY_LIMIT = 500  # updates kept in the report (the latest ones)
 _EPSILON = 1e-12

@@ -25,7 +25,7 @@ def _chain_next_sitecustomize() -> None:
 
 
 try:
-    from labelkeep_plugins.auto import activate_from_environment, refuse_to_start
+    from labelkeep_plugins.zero_code.auto import activate_from_environment, refuse_to_start
 except ImportError as exc:  # another interpreter without labelkeep installed
     print(f"labelkeep: not active in {sys.executable} ({exc})", file=sys.stderr)
 else:

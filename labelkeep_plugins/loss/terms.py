@@ -2,7 +2,7 @@
 
 A term returns one value per sample so that per-sample (focal) weights can be
 applied before the batch is reduced. Built-in terms live in
-:mod:`labelkeep_plugins.builtin.terms`; third parties add their own through the
+:mod:`labelkeep_plugins.loss.builtin_terms`; third parties add their own through the
 ``labelkeep_register_terms`` hook.
 """
 

@@ -8,10 +8,10 @@ from collections.abc import Sequence
 
 from labelkeep_plugins._version import __version__
 from labelkeep_plugins.bench.command import add_bench_command
-from labelkeep_plugins.compare import add_compare_command
 from labelkeep_plugins.errors import LabelkeepError
-from labelkeep_plugins.runner import add_run_arguments, run_from_options
+from labelkeep_plugins.experiments.compare import add_compare_command
 from labelkeep_plugins.tuning.commands import add_commands as add_tuning_commands
+from labelkeep_plugins.zero_code.runner import add_run_arguments, run_from_options
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -65,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _demo(options: argparse.Namespace) -> int:
-    from labelkeep_plugins.demo import DemoSettings, run_demo
+    from labelkeep_plugins.cli.demo import DemoSettings, run_demo
 
     if options.seeds < 1:
         raise LabelkeepError(f"--seeds must be at least 1, got {options.seeds}")
@@ -79,7 +79,7 @@ def _demo(options: argparse.Namespace) -> int:
 
 
 def _plugins(options: argparse.Namespace) -> int:
-    from labelkeep_plugins.inventory import inventory_lines
+    from labelkeep_plugins.cli.inventory import inventory_lines
 
     for line in inventory_lines():
         print(line)

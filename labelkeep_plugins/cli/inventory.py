@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterator
 
-from labelkeep_plugins.adapters import check_compatibility
-from labelkeep_plugins.builtin import DEFAULT_PLUGINS
 from labelkeep_plugins.errors import PluginError
 from labelkeep_plugins.plugins import (
     ALLOW_LIST_ENV,
     AUTOLOAD_OFF_ENV,
+    DEFAULT_PLUGINS,
     EntryPointSelection,
     collect,
     disabled_adapter_names,
@@ -21,6 +20,7 @@ from labelkeep_plugins.plugins import (
     plugin_selection,
     tuner_factories,
 )
+from labelkeep_plugins.zero_code.adapters import check_compatibility
 
 
 def inventory_lines() -> Iterator[str]:

@@ -10,7 +10,7 @@ from typing import Any
 from labelkeep_plugins.budget import FALLING
 from labelkeep_plugins.hookspecs import hookimpl
 from labelkeep_plugins.jsonfile import write_json_or_tell
-from labelkeep_plugins.session import NO_COMPRESSION_SEEN
+from labelkeep_plugins.zero_code.session import NO_COMPRESSION_SEEN
 
 
 @hookimpl

@@ -1,0 +1,1 @@
+"""The ``labelkeep`` command: its subcommands, the plugin inventory and the demo."""
