@@ -46,9 +46,10 @@ def labelkeep_register_tuners(register: Callable[..., None]) -> None:
     Call ``register(name, factory)`` where ``factory(config)`` returns a
     :class:`labelkeep_plugins.tuners.base.Tuner`: ``loss_config()``, ``state_dict()``,
     ``load_state_dict()``, and optionally ``bind(apply)`` to switch the live loss
-    during the run. The session registers the tuner object as a plugin for its
-    run, so a tuner that implements ``labelkeep_training_step`` or
-    ``labelkeep_evaluation_batch`` hears what the injector measures.
+    during the run. The session hands the tuner object to the handles it makes, so a
+    tuner with a ``labelkeep_training_step`` or ``labelkeep_evaluation_batch`` method
+    (same arguments as those hooks) hears what the injector measures on the session's
+    students, and on no other model.
 
     :param register: the callback that records one tuner.
     :return: nothing; every implementation is called.

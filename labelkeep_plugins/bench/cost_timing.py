@@ -33,7 +33,6 @@ from labelkeep_plugins.bench.cost_models import (
 from labelkeep_plugins.config import Config, LossConfig
 from labelkeep_plugins.injector.attach import InjectionHandle
 from labelkeep_plugins.loss.composer import LossComposer
-from labelkeep_plugins.plugins import load_plugins
 from labelkeep_plugins.reference.cache import ReferenceCache
 from labelkeep_plugins.reference.snapshot import snapshot_reference
 from labelkeep_plugins.tuners.base import make_tuner
@@ -95,16 +94,11 @@ class _Loop:
     def timed(self, variant: str) -> float:
         x, y = self.data.fresh() if variant == "cached_fresh" else self.data.next()
         handle = self._attach(variant)
-        manager = load_plugins()
-        if variant == "default_tuner":  # the tuner hears each training step, as in a session
-            manager.register(self.tuner)
         try:
             started = time.perf_counter()
             self._body(variant, x, y)
             return time.perf_counter() - started
         finally:
-            if manager.is_registered(self.tuner):
-                manager.unregister(self.tuner)
             if handle is not None:
                 handle.detach()
 
@@ -112,7 +106,10 @@ class _Loop:
         if variant == "instrumented":
             return InjectionHandle(self.student, self.reference, self.composer)
         if variant == "default_tuner":
-            return InjectionHandle(self.student, self.reference, self.tuned_composer)
+            # the tuner hears each training step, as a session's does
+            return InjectionHandle(
+                self.student, self.reference, self.tuned_composer, listener=self.tuner
+            )
         if variant in ("cached", "cached_fresh"):
             return InjectionHandle(
                 self.student, self.reference, self.composer, reference_cache=self.cache

@@ -34,6 +34,7 @@ from labelkeep_plugins.injector.capture import CapturedForward, ForwardRegistry
 from labelkeep_plugins.injector.evaluation import EvaluationBatch, PassMeters
 from labelkeep_plugins.injector.forward_hook import ForwardHook
 from labelkeep_plugins.injector.function_matching import FunctionMatching, held_running_stats
+from labelkeep_plugins.injector.listener import EVALUATION_BATCH, TRAINING_STEP, Events
 from labelkeep_plugins.loss.composer import LossComposer, check_pair
 from labelkeep_plugins.loss.labels import class_labels
 from labelkeep_plugins.loss.logits import as_logits
@@ -88,6 +89,8 @@ class InjectionHandle:
     ``reference_cache``: serve the reference's logits for inputs seen before from this
     cache instead of running its forward again (see :mod:`labelkeep_plugins.reference.cache`).
     ``function_matching``: the ``fm`` term's state; its ``perturb`` makes the batch's copy.
+    ``listener``: told of each training step and evaluation batch before the plugins are
+    (a session's tuner; see :mod:`labelkeep_plugins.injector.listener`).
     """
 
     def __init__(
@@ -100,6 +103,7 @@ class InjectionHandle:
         train_mode_only: bool = True,
         on_error: ErrorHandler | None = None,
         reference_cache: ReferenceCache | None = None,
+        listener: object | None = None,
     ) -> None:
         existing = _attached.get(student)
         if existing is not None and existing.attached:
@@ -118,7 +122,7 @@ class InjectionHandle:
         self._on_error = on_error
         self._released: list[CapturedForward] = []
         self._registry = ForwardRegistry(self._released.append)
-        self._hooks = load_plugins().hook
+        self._events = Events(load_plugins().hook, listener)
         self._muted = 0
         self.function_matching = FunctionMatching(self._student_on_copy, self._reference_logits)
         self._attached = True
@@ -298,9 +302,9 @@ class InjectionHandle:
         values: Mapping[str, torch.Tensor],
         targets: torch.Tensor | None,
     ) -> None:
-        hook = self._hooks.labelkeep_training_step
-        if hook.get_hookimpls():
-            hook(
+        if self._events.wanted(TRAINING_STEP):
+            self._events.tell(
+                TRAINING_STEP,
                 student_logits=entry.student,
                 reference_logits=entry.reference,
                 targets=targets,
@@ -315,13 +319,19 @@ class InjectionHandle:
                 continue
             self.stats.evaluation_batches += 1
             self._meters.update(entry.pass_id, entry.reference, entry.student, entry.targets)
-            hook = self._hooks.labelkeep_evaluation_batch
-            if hook.get_hookimpls():
-                hook(
+            if self._events.wanted(EVALUATION_BATCH):
+                self._events.tell(
+                    EVALUATION_BATCH,
                     student_logits=entry.student,
                     reference_logits=entry.reference,
                     targets=entry.targets,
                 )
+
+
+def handle_of(student: nn.Module) -> InjectionHandle | None:
+    """The live handle on ``student``, whoever made it (one per student, ever)."""
+    handle = _attached.get(student)
+    return handle if handle is not None and handle.attached else None
 
 
 def attach(

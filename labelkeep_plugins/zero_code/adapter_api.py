@@ -16,6 +16,7 @@ from labelkeep_plugins.patching import PatchSet
 from labelkeep_plugins.reference.snapshot import unwrap_model
 from labelkeep_plugins.zero_code.adapters import PatchingAdapter
 from labelkeep_plugins.zero_code.importhooks import ImportCallback, cancel, when_imported
+from labelkeep_plugins.zero_code.notices import Notices
 from labelkeep_plugins.zero_code.session import Session
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "LabelkeepError",
     "LabelkeepWarning",
     "LogitsSelector",
+    "Notices",
     "PatchSet",
     "PatchingAdapter",
     "Session",

@@ -90,13 +90,9 @@ class Session:
         self._by_model: weakref.WeakKeyDictionary[nn.Module, ReferenceRecord] = (
             weakref.WeakKeyDictionary()
         )
-        self._handles: weakref.WeakKeyDictionary[nn.Module, InjectionHandle] = (
-            weakref.WeakKeyDictionary()
-        )
         self._all_handles: list[InjectionHandle] = []
         self._plugin_manager = load_plugins()
         self._hooks = self._plugin_manager.hook
-        self._plugin_manager.register(self.tuner)  # it hears training steps and evaluations
 
     def reference_for(self, model: nn.Module, *, framework: str, where: str) -> nn.Module:
         """The reference of ``model``: snapshotted now on first sight, the same one afterwards."""
@@ -126,8 +122,8 @@ class Session:
 
     def attach(self, student: nn.Module, reference: nn.Module | None = None) -> InjectionHandle:
         """Attach the loss to ``student`` once; later calls return the same handle."""
-        handle = self._handles.get(student)
-        if handle is not None and handle.attached:
+        handle = self.handle_of(student)
+        if handle is not None:
             return handle
         reference = reference if reference is not None else self.reference_of(student)
         if reference is None:
@@ -145,14 +141,18 @@ class Session:
             train_mode_only=self.config.train_mode_only,
             on_error=None if self.config.strict else self._injector_failed,
             reference_cache=_reference_cache(self.config),
+            listener=self.tuner,  # it hears this handle's steps, and no other handle's
         )
-        self._handles[student] = handle
         self._all_handles.append(handle)
         return handle
 
     def handle_of(self, student: nn.Module) -> InjectionHandle | None:
-        handle = self._handles.get(student)
-        return handle if handle is not None and handle.attached else None
+        """The session's live handle on ``student``: one map of students to handles, the
+        injector's, of which the session's are those it made."""
+        from labelkeep_plugins.injector.attach import handle_of  # imports torch._dynamo
+
+        handle = handle_of(student)
+        return handle if any(handle is mine for mine in self._all_handles) else None
 
     @contextmanager
     def guard(self, adapter: str) -> Iterator[None]:
@@ -191,8 +191,6 @@ class Session:
     def detach_all(self) -> None:
         for handle in reversed(self._all_handles):
             handle.detach()
-        if self._plugin_manager.is_registered(self.tuner):
-            self._plugin_manager.unregister(self.tuner)
 
     def _silence(self) -> list[str]:
         """The notice a run gets when labelkeep saw nothing to do (said, not stored)."""

@@ -87,7 +87,7 @@ class NNIAdapter(PatchingAdapter):
 
     def __init__(self) -> None:
         super().__init__()
-        self.notices = notices.Notices()
+        self.notices = notices.Notices(self.name)
         self.masks = MaskWatch(self.notices.warn)
         self.optimizers = optimizer_check.OptimizerCheck()
         self.shims: list[str] = []

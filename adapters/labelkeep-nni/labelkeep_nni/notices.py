@@ -1,43 +1,16 @@
 """The adapter's one-line warnings about known NNI defects.
 
-Each message is given once: to the session (stderr, prefixed ``labelkeep: nni:``,
-and the run report's ``warnings``), or straight to stderr before a session exists.
+Each is given once through the host's :class:`Notices`: to the session (stderr, prefixed
+``labelkeep: nni:``, and the run report's ``warnings``), or to stderr before a session exists.
 """
 
 from __future__ import annotations
 
-import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from labelkeep_plugins.zero_code.adapter_api import Session
+from labelkeep_plugins.zero_code.adapter_api import Notices
 
-PREFIX = "labelkeep: nni: "
-
-
-class Notices:
-    """Warnings printed once per key, in the order they were first given."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-        self.session: Session | None = None
-        self._keys: set[str] = set()
-
-    def warn(self, key: str, message: str) -> bool:
-        """Print ``message`` unless ``key`` was warned about already; say whether it printed."""
-        if key in self._keys:
-            return False
-        self._keys.add(key)
-        self.lines.append(message)
-        if self.session is not None:
-            self.session.warn("nni", message)
-        else:
-            print(f"{PREFIX}{message}", file=sys.stderr)
-        return True
-
-    def clear(self) -> None:
-        self.lines.clear()
-        self._keys.clear()
+__all__ = ["Notices", "already_wrapped", "no_reference", "no_training_forward"]
 
 
 def already_wrapped(compressor: str) -> str:

@@ -23,7 +23,7 @@ import os
 import sys
 import threading
 import weakref
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Generator, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from types import GeneratorType
 from typing import Any
@@ -32,6 +32,7 @@ from torch import nn
 
 from labelkeep_plugins.zero_code.adapter_api import (
     ConfigError,
+    Notices,
     PatchingAdapter,
     Session,
     unwrap_model,
@@ -74,7 +75,7 @@ class TorchPruningAdapter(PatchingAdapter):
         super().__init__()
         self._option = loss_during_importance
         self.loss_during_importance = False
-        self.warnings: list[str] = []
+        self.notices = Notices(self.name)
         self._phases: weakref.WeakKeyDictionary[nn.Module, StudentPhase] = (
             weakref.WeakKeyDictionary()
         )
@@ -232,12 +233,6 @@ class TorchPruningAdapter(PatchingAdapter):
         return getattr(self._local, "depth", 0)
 
     def _warn(self, message: str) -> None:
-        """One stderr line through the session (its ``warn`` where the host has one)."""
-        if message in self.warnings:
-            return
-        self.warnings.append(message)
-        warn: Callable[[str, str], None] | None = getattr(self.session, "warn", None)
-        if callable(warn):
-            warn(self.name, message)
-        else:
-            print(f"labelkeep: {self.name}: {message}", file=sys.stderr)
+        """One line, once, through the session once there is one."""
+        self.notices.session = self.session
+        self.notices.say(message)
