@@ -103,7 +103,10 @@ if TYPE_CHECKING:
         SnapshotError,
     )
     from labelkeep_plugins.hookspecs import hookimpl
-    from labelkeep_plugins.injector import InjectionHandle, attach
+
+    # From the defining module: ``labelkeep_plugins.injector.attach`` is also a submodule
+    # name, which mypy would otherwise bind here in place of the function.
+    from labelkeep_plugins.injector.attach import InjectionHandle, attach
     from labelkeep_plugins.injector.dropin import LabelPreservingLoss
     from labelkeep_plugins.loss.logits import as_logits
     from labelkeep_plugins.loss.terms import LossTerm, TermInputs

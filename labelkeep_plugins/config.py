@@ -14,12 +14,15 @@ import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
 from labelkeep_plugins.env import CONFIG_ENV
 from labelkeep_plugins.errors import ConfigError
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 DEFAULT_CONFIG_FILE = "labelkeep.yaml"
 
@@ -35,7 +38,7 @@ DEFAULT_FOCAL_SCALE = 1.0
 DEFAULT_TUNER = "catchup"
 
 LogitsSelector = str | int | None
-_Section = TypeVar("_Section")
+_Section = TypeVar("_Section", bound="DataclassInstance")  # a section is a dataclass
 DEFAULT_REFERENCE_CACHE_MB = 64.0
 
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from labelkeep_plugins.log import logger
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
+
+def write_json(path: Path, data: Mapping[str, Any]) -> None:
     """Write ``data`` to ``path`` through a temporary file and an atomic rename.
 
     The temporary file goes on every failure (a full disk, ``path`` being a directory), so a
@@ -28,13 +30,13 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
         raise
 
 
-def write_json_or_tell(path: Path, data: dict[str, Any], what: str = "the report") -> bool:
+def write_json_or_tell(path: Path, data: Mapping[str, Any], what: str = "the report") -> bool:
     """:func:`write_json`, where a failure costs one stderr line with the fix, never the run."""
     try:
         write_json(path, data)
     except OSError as exc:
         reason = unwritable_reason(path) or exc.strerror or str(exc)
-        print(f"labelkeep: cannot write {what} to {str(path)!r}: {reason}", file=sys.stderr)
+        logger.error(f"cannot write {what} to {str(path)!r}: {reason}")
         return False
     return True
 

@@ -386,8 +386,8 @@ class AgreementMeter:
             (self._class_samples, other._class_samples),
             (self._class_mismatches, other._class_mismatches),
         ):
-            for key, value in source.items():
-                target[key] = target.get(key, 0) + value
+            for bucket, count in source.items():
+                target[bucket] = target.get(bucket, 0) + count
         return self
 
     def state_dict(self) -> dict[str, Any]:

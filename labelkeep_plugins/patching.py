@@ -90,4 +90,8 @@ def _raw_get(owner: Any, name: str) -> Any:
 
 
 def _qualname(owner: Any) -> str:
-    return getattr(owner, "__qualname__", None) or getattr(owner, "__name__", type(owner).__name__)
+    for attribute in ("__qualname__", "__name__"):
+        name = getattr(owner, attribute, None)
+        if isinstance(name, str) and name:
+            return name
+    return type(owner).__name__

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterable
@@ -25,6 +24,7 @@ import pluggy
 from labelkeep_plugins import hookspecs
 from labelkeep_plugins.env import ALLOW_LIST_ENV, AUTOLOAD_OFF_ENV, DISABLED_ADAPTERS_ENV
 from labelkeep_plugins.errors import LabelkeepWarning, PluginError
+from labelkeep_plugins.log import logger
 from labelkeep_plugins.loss.terms import LossTerm
 
 ENTRY_POINT_GROUP = "labelkeep"
@@ -181,7 +181,7 @@ def _load_entry_points(pm: pluggy.PluginManager, *, strict: bool) -> None:
         kind="plugin",
         effect="loads nothing",
     ):
-        print(f"labelkeep: {line}", file=sys.stderr)
+        logger.warning(line)
     for entry_point in found:
         if selection.allows(entry_point.name):
             _load_entry_point(pm, entry_point, strict=strict)

@@ -135,6 +135,7 @@ LAYERS = [
     "env",
     "errors",
     "jsonfile",
+    "log",
     "_version",
 ]
 #: Known arrows up, each with its reason. Auto mode starts NNI-trial reporting in a trial.

@@ -82,7 +82,9 @@ class _Loop:
         self.composer = LossComposer(LossConfig())
         self.tuner = make_tuner(Config())  # the default tuner, as labelkeep-run has it
         self.tuned_composer = LossComposer(self.tuner.loss_config())
-        self.tuner.bind(self.tuned_composer.defer)
+        bind = getattr(self.tuner, "bind", None)  # as the session binds a tuner that learns
+        if callable(bind):
+            bind(self.tuned_composer.defer)
 
     def warm(self, steps: int) -> None:
         """Fill the cache with the whole pool and let every code path run once."""

@@ -15,7 +15,7 @@ import json
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from labelkeep_plugins.bench.cells import Cell
 from labelkeep_plugins.bench.execute import RunFunction, execute_run
@@ -35,8 +35,9 @@ from labelkeep_plugins.bench.store import BenchRecord, RunResult
 from labelkeep_plugins.bench.tuned import TuningOutcome, tune_cell, tune_directory
 from labelkeep_plugins.config import Config
 from labelkeep_plugins.tuning.store import RESULTS_FILE
+from labelkeep_plugins.tuning.table import TextSink
 
-TuneFunction = Callable[[Cell, BenchSettings, Path, TextIO], TuningOutcome]
+TuneFunction = Callable[[Cell, BenchSettings, Path, TextSink], TuningOutcome]
 REUSED_PLAIN = (
     "tuning kept plain recovery (no searched setting beat it on the validation seeds), "
     "so these are plain's runs"
@@ -56,7 +57,7 @@ class Orchestrator:
         *,
         run: RunFunction = execute_run,
         tune: TuneFunction = tune_cell,
-        tune_stream: TextIO | None = None,
+        tune_stream: TextSink | None = None,
         jobs: int = 1,
     ) -> None:
         self.record, self.cells, self.out = record, cells, out

@@ -27,6 +27,9 @@ MISSING = (
     "pip install matplotlib); the table, results.json and results.md are written"
 )
 
+# One bar: cell, row, height and its error (an sd, a (below, above) pair, or None: no bar).
+Bar = tuple[str, str, float, float | tuple[float, float] | None]
+
 
 def write_plot(rows: Sequence[MethodSummary], out: Path) -> tuple[Path | None, str]:
     """Draw the figure; returns its path (None if skipped) and a line saying what happened."""
@@ -62,7 +65,11 @@ def panel_budget(row: MethodSummary) -> int:
 def _mismatch_bars(axis: Any, rows: Sequence[MethodSummary], cells: list[str], budget: int) -> None:
     """Grouped bars: mean mismatch rate per cell and row (sd over seeds when n > 1)."""
     drawn = [r for r in rows if r.mismatch_rate.mean is not None]
-    bars = [(r.cell, r.method, r.mismatch_rate.mean, _sd(r)) for r in drawn]
+    bars: list[Bar] = [
+        (r.cell, r.method, mean, _sd(r))
+        for r in drawn
+        if (mean := r.mismatch_rate.mean) is not None
+    ]
     _grouped(axis, bars, cells)
     axis.set_ylabel("mismatches, % of test samples")
     spread = seed_phrase([r.mismatch_rate.n for r in drawn], "mean ± sd")
@@ -74,7 +81,8 @@ def _reduction_bars(
     axis: Any, rows: Sequence[MethodSummary], cells: list[str], budget: int
 ) -> None:
     """Grouped bars: plain's mismatches over the row's (bootstrap 95% interval when n > 1)."""
-    bars, pairs = [], []
+    bars: list[Bar] = []
+    pairs: list[int] = []
     for r in rows:
         value, bounds = r.versus.mismatch_reduction, r.versus.mismatch_reduction_ci
         if r.method == PLAIN or value is None or math.isinf(value):
@@ -111,7 +119,7 @@ def _paired_seeds(row: MethodSummary, rows: Sequence[MethodSummary]) -> int:
     return len(row.seeds) if plain is None else len(set(row.seeds) & set(plain.seeds))
 
 
-def _grouped(axis: Any, bars: list[tuple[str, str, float, Any]], cells: list[str]) -> None:
+def _grouped(axis: Any, bars: list[Bar], cells: list[str]) -> None:
     """Bars grouped by cell, one colour per row; ``error``: sd or (below, above) or None.
 
     Error bars are drawn only where there is one (more than one seed): a zero-height cap

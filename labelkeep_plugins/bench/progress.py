@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
+from labelkeep_plugins.tuning.table import TextSink
+
 
 class Progress:
     """Counts steps (evaluation runs and tuning trials) and prints a line as each ends."""
@@ -51,7 +53,7 @@ def _duration(seconds: float) -> str:
 class PrefixedStream:
     """A text stream that writes each line to ``target`` with a prefix (tuning's own table)."""
 
-    def __init__(self, target: TextIO, prefix: str) -> None:
+    def __init__(self, target: TextSink, prefix: str) -> None:
         self._target, self._prefix = target, prefix
         self._pending = ""
 

@@ -43,7 +43,7 @@ LEGEND = (
 def table_rows(rows: Sequence[MethodSummary]) -> list[tuple[str, ...]]:
     """One tuple of cell texts per row; '*' marks a mean accuracy below the guard."""
     shapes = {cell.key: f"{cell.shape}, {cell.compression}" for cell in CELLS}
-    lines = []
+    lines: list[tuple[str, ...]] = []
     for row in rows:
         versus, compared = row.versus, row.method != PLAIN
         seeds = f"{len(row.seeds)}" + (f" ({row.failed} failed)" if row.failed else "")

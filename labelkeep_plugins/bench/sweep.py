@@ -119,9 +119,14 @@ def sweep(
     first = next(iter(configs))
     todo = [(cell, seed, name) for cell in cells for seed in seeds for name in configs]
     results: Results = {}
+
+    def run_job(job: tuple[Cell, int, str]) -> dict[str, Any]:
+        cell, seed, name = job
+        return run_one(cell, seed, name, configs[name], out, budget)
+
     with ThreadPoolExecutor(max(1, jobs)) as pool:
         for phase in ([j for j in todo if j[2] == first], [j for j in todo if j[2] != first]):
-            figures = list(pool.map(lambda job: run_one(*job, configs[job[2]], out, budget), phase))
+            figures = list(pool.map(run_job, phase))
             for (cell, seed, name), measured in zip(phase, figures, strict=True):
                 results[cell.key, seed, name] = measured
     return results
@@ -149,9 +154,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     cells = [cell for cell in CELLS if not keys or cell.key in keys]
     results = sweep(configs, cells, seeds, options.out, options.jobs, max(1, options.budget))
-    keys = [c.key for c in cells]
-    print("\n".join(summary_lines(results, keys, list(configs), seeds)))
-    table = comparison_table(results, keys, list(configs), seeds, options.baseline)
+    cell_keys = [c.key for c in cells]
+    print("\n".join(summary_lines(results, cell_keys, list(configs), seeds)))
+    table = comparison_table(results, cell_keys, list(configs), seeds, options.baseline)
     if table:
         print("\n" + "\n".join(table))
     return 0

@@ -15,7 +15,7 @@ import json
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from labelkeep_plugins.bench.cells import Cell
 from labelkeep_plugins.bench.plan import PLAIN_LOSS, BenchSettings, script_command
@@ -23,6 +23,7 @@ from labelkeep_plugins.config import Config
 from labelkeep_plugins.tuning.search import INTERRUPTED, TuneRequest, tune
 from labelkeep_plugins.tuning.space import default_search_space
 from labelkeep_plugins.tuning.store import RESULTS_FILE
+from labelkeep_plugins.tuning.table import TextSink
 
 ALGORITHM = "tpe"
 # The user's own loss weight (so a trial can lean on the teacher, as classic KD's ce 0.1 does),
@@ -58,7 +59,7 @@ def tune_directory(out: Path, cell: Cell) -> Path:
     return out / "tune" / cell.slug
 
 
-def tune_cell(cell: Cell, settings: BenchSettings, out: Path, stream: TextIO) -> TuningOutcome:
+def tune_cell(cell: Cell, settings: BenchSettings, out: Path, stream: TextSink) -> TuningOutcome:
     """Search (or resume searching) the cell's loss weights; raises KeyboardInterrupt on ^C."""
     folder = tune_directory(out, cell)
     if _complete(folder, settings.trials):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from labelkeep_plugins.errors import ConfigError, LabelkeepError
 
@@ -186,5 +186,5 @@ def rank(measurements: Mapping[int, Measurement], objective: Objective) -> list[
     return ranked
 
 
-def _is_count(value: Any) -> bool:
+def _is_count(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0

@@ -38,7 +38,11 @@ class ForwardRegistry:
     ) -> CapturedForward:
         key = id(logits)
         self._release(key)
-        ref = weakref.ref(logits, lambda _ref, key=key: self._release(key))
+
+        def released(_ref: weakref.ref[torch.Tensor]) -> None:
+            self._release(key)
+
+        ref = weakref.ref(logits, released)
         entry = CapturedForward(ref, logits.detach(), reference, training, pass_id)
         self._entries[key] = entry
         return entry

@@ -27,6 +27,8 @@ class LabelPreservingLoss(nn.Module):
     object passed in is never modified.
     """
 
+    reference: nn.Module  # set with object.__setattr__, outside the module tree
+
     def __init__(
         self,
         reference: nn.Module,

@@ -85,7 +85,7 @@ def as_reference(module: nn.Module) -> nn.Module:
 
 def move_to(reference: nn.Module, device: torch.device) -> nn.Module:
     """Move the reference to ``device`` (in place; it is ours) if it is not there yet."""
-    tensor = next(iter(reference.parameters()), None)
+    tensor: torch.Tensor | None = next(iter(reference.parameters()), None)
     if tensor is None:
         tensor = next(iter(reference.buffers()), None)
     if tensor is not None and tensor.device != device:

@@ -146,7 +146,7 @@ def _seeded_anneal(seed: int) -> Any:
             ) from exc
         raise _NniMissing(str(exc)) from exc
 
-    class SeededAnnealTuner(HyperoptTuner):  # type: ignore[misc]
+    class SeededAnnealTuner(HyperoptTuner):  # type: ignore[misc]  # NNI ships no types
         def update_search_space(self, search_space: dict[str, Any]) -> None:
             super().update_search_space(search_space)
             self.rval.rstate = np.random.RandomState(seed)
@@ -159,7 +159,7 @@ def _seeded_evolution(seed: int, population_size: int) -> Any:
     import numpy as np
     from nni.algorithms.hpo.evolution_tuner import EvolutionTuner
 
-    class SeededEvolutionTuner(EvolutionTuner):  # type: ignore[misc]
+    class SeededEvolutionTuner(EvolutionTuner):  # type: ignore[misc]  # NNI ships no types
         def __init__(self) -> None:
             super().__init__(optimize_mode="minimize", population_size=population_size)
             self._python_random = random.Random(seed)
@@ -167,7 +167,7 @@ def _seeded_evolution(seed: int, population_size: int) -> Any:
         def update_search_space(self, search_space: dict[str, Any]) -> None:
             super().update_search_space(search_space)
             self.random_state = np.random.RandomState(seed)
-            self.population = []
+            self.population: list[Any] = []  # NNI's Individual objects
             for _ in range(self.population_size):
                 self._random_generate_individual()
 

@@ -25,18 +25,21 @@ import atexit
 import copy
 import json
 import os
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from labelkeep_plugins.config import Config
 from labelkeep_plugins.env import PARAMETERS_ENV
 from labelkeep_plugins.experiments.objective import Measurement, measurement_from_report
 from labelkeep_plugins.hookspecs import hookimpl
+from labelkeep_plugins.log import logger
 from labelkeep_plugins.patching import PatchSet
 from labelkeep_plugins.tuning.space import parameters_to_loss
+
+if TYPE_CHECKING:
+    from labelkeep_plugins.zero_code.report_schema import RunReport
 
 REPORT_NAME = "labelkeep-report.json"
 PLUGIN_NAME = "labelkeep-nni-trial"
@@ -171,7 +174,7 @@ class PassReporter:
 def report_final(session: Any, reporter: PassReporter) -> None:
     """At exit: the final result to NNI, unless the script reported its own."""
     try:
-        report = session.report()  # drains pending evaluation batches into the reporter
+        report: RunReport = session.report()  # drains pending evaluation batches into the reporter
         reporter.flush()
         if _Trial.script_reported_final:
             _warn(
@@ -197,7 +200,7 @@ def report_final(session: Any, reporter: PassReporter) -> None:
         end_trial()
 
 
-def _trial_report(own: dict[str, Any], base: str | None) -> dict[str, Any]:
+def _trial_report(own: RunReport, base: str | None) -> Mapping[str, Any]:
     """This process's report, or rank 0's when the ranks did the evaluating (torchrun).
 
     Rank files are named as :func:`labelkeep_plugins.zero_code.auto.report_path` names them.
@@ -278,4 +281,4 @@ def end_trial() -> None:
 
 
 def _warn(message: str) -> None:
-    print(f"labelkeep: NNI trial: {message}", file=sys.stderr)
+    logger.warning(f"NNI trial: {message}")

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from labelkeep_plugins.config import Config, LossConfig
 from labelkeep_plugins.errors import ConfigError, LabelkeepError
@@ -34,7 +34,7 @@ from labelkeep_plugins.tuning.store import (
     trial_dir,
 )
 from labelkeep_plugins.tuning.summary import ALL_FAILED, finish
-from labelkeep_plugins.tuning.table import LiveTable
+from labelkeep_plugins.tuning.table import LiveTable, TextSink
 
 PLAIN_LOSS = {"weights": {"ce": 1.0}}
 DEFAULT_ALGORITHM = "tpe"
@@ -71,7 +71,7 @@ class PlainTrialFailed(LabelkeepError):
         )
 
 
-def tune(request: TuneRequest, stream: TextIO | None = None) -> int:
+def tune(request: TuneRequest, stream: TextSink | None = None) -> int:
     """Run (or resume) the search; returns the exit code of ``labelkeep tune``."""
     if request.trials < 1:
         raise ConfigError(
@@ -156,7 +156,7 @@ class _Search:
         request: TuneRequest,
         settings: SearchSettings,
         records: dict[int, TrialRecord],
-        stream: TextIO,
+        stream: TextSink,
     ) -> None:
         self.request, self.settings, self.records = request, settings, records
         self.table = LiveTable(stream, total=request.trials + 1)

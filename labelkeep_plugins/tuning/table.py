@@ -7,10 +7,19 @@ through ``tee``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, TextIO
+from typing import Any, Protocol
 
 from labelkeep_plugins.experiments.objective import Measurement, Objective
 from labelkeep_plugins.tuning.store import TrialRecord
+
+
+class TextSink(Protocol):
+    """Where the table's lines go: a text stream such as ``sys.stderr``, or anything that
+    writes and flushes like one (the bench's ``PrefixedStream``, which prefixes each line)."""
+
+    def write(self, text: str, /) -> object: ...
+
+    def flush(self) -> object: ...
 
 
 def _columns(constrained: str) -> str:
@@ -23,7 +32,7 @@ def _columns(constrained: str) -> str:
 class LiveTable:
     """Prints the header once, then a row as each trial ends."""
 
-    def __init__(self, stream: TextIO, total: int) -> None:
+    def __init__(self, stream: TextSink, total: int) -> None:
         self._stream = stream
         self._total = total
         self._started = False

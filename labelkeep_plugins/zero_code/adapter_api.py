@@ -11,6 +11,7 @@ from labelkeep_plugins.config import LogitsSelector
 from labelkeep_plugins.errors import ConfigError, LabelkeepError, LabelkeepWarning
 from labelkeep_plugins.injector.attach import InjectionHandle
 from labelkeep_plugins.injector.forward_hook import ForwardHook
+from labelkeep_plugins.log import logger
 from labelkeep_plugins.loss.logits import as_logits
 from labelkeep_plugins.patching import PatchSet
 from labelkeep_plugins.reference.snapshot import unwrap_model
@@ -33,6 +34,7 @@ __all__ = [
     "Session",
     "as_logits",
     "cancel",
+    "logger",
     "unwrap_model",
     "when_imported",
 ]

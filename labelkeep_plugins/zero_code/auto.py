@@ -26,9 +26,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 from labelkeep_plugins.env import AUTO_ENV, REPORT_ENV, ROOT_PID_ENV, STRICT_ENV
 from labelkeep_plugins.errors import ConfigError, LabelkeepError
 from labelkeep_plugins.jsonfile import unwritable_reason, write_json_or_tell
+from labelkeep_plugins.log import logger
 
 if TYPE_CHECKING:
     from labelkeep_plugins.config import Config
+    from labelkeep_plugins.zero_code.report_schema import InactiveRunReport
     from labelkeep_plugins.zero_code.session import Session
 
 REFUSED_EXIT_CODE = 2
@@ -114,10 +116,9 @@ def check_report_path(config: Config) -> None:
     if config.strict:
         raise LabelkeepError(message)  # not a ConfigError: the path may come from --report
     if os.environ.get("RANK", "0") == "0":
-        print(
-            f"labelkeep: {message} (labelkeep stays active; the report is lost unless the "
-            "path is fixed before the command ends)",
-            file=sys.stderr,
+        logger.warning(
+            f"{message} (labelkeep stays active; the report is lost unless the "
+            "path is fixed before the command ends)"
         )
 
 
@@ -142,14 +143,12 @@ def run_without_labelkeep(exc: Exception, source: Path | None) -> None:
         and write_json_or_tell(path, inactive_report(error, source))  # at once: nothing changes it
     )
     told = f"; the report {str(path)!r} says active: false" if written else ""
-    print(
-        f"labelkeep: not active in this process: {error}; "
-        f"the command runs without labelkeep{told} ({fix})",
-        file=sys.stderr,
+    logger.error(
+        f"not active in this process: {error}; the command runs without labelkeep{told} ({fix})"
     )
 
 
-def inactive_report(error: str, source: Path | None) -> dict[str, Any]:
+def inactive_report(error: str, source: Path | None) -> InactiveRunReport:
     """The report of a process labelkeep could not start in: so a reader is not left guessing."""
     from labelkeep_plugins._version import __version__
 
@@ -173,10 +172,8 @@ def refuse_to_start(exc: BaseException) -> NoReturn:
     Called from ``sitecustomize``, where ``SystemExit`` is no way out (Python makes it a fatal
     "Failed to import the site module" with a traceback and exit code 1): so ``os._exit``.
     """
-    print(
-        f"labelkeep: error: {describe(exc, config_source())} "
-        "(strict mode: stopping before the script runs)",
-        file=sys.stderr,
+    logger.error(
+        f"error: {describe(exc, config_source())} (strict mode: stopping before the script runs)"
     )
     _flush_streams()
     os._exit(REFUSED_EXIT_CODE)
@@ -250,7 +247,7 @@ def _report_then_die(number: int, frame: FrameType | None) -> None:
                 session.crashed = f"terminated by {signal.Signals(number).name}"
             write_report_at_exit()
         except Exception as exc:
-            print(f"labelkeep: no report ({type(exc).__name__}: {exc})", file=sys.stderr)
+            logger.error(f"no report ({type(exc).__name__}: {exc})")
     _flush_streams()
     os.kill(os.getpid(), number)
     os._exit(128 + number)  # not reached: the default action of these signals ends the process

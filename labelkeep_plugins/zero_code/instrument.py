@@ -8,7 +8,6 @@ and patches its framework when the user's code first imports it.
 from __future__ import annotations
 
 import contextlib
-import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +16,7 @@ from typing import Any
 from labelkeep_plugins.config import Config, load_config
 from labelkeep_plugins.env import DISABLED_ADAPTERS_ENV
 from labelkeep_plugins.errors import PluginError
+from labelkeep_plugins.log import logger
 from labelkeep_plugins.plugins import (
     collect,
     disabled_adapter_names,
@@ -154,4 +154,4 @@ def _skip_line(session: Session, adapter: Adapter, reason: str, installed: str |
     """One line per skipped adapter; strict mode refuses an installed but unsupported version."""
     if session.config.strict and installed is not None:
         raise PluginError(f"adapter {adapter.name!r}: {reason}")
-    print(f"labelkeep: adapter {adapter.name!r} skipped: {reason}", file=sys.stderr)
+    logger.warning(f"adapter {adapter.name!r} skipped: {reason}")

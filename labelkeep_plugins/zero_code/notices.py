@@ -7,8 +7,9 @@ the same prefix.
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING
+
+from labelkeep_plugins.log import logger
 
 if TYPE_CHECKING:
     from labelkeep_plugins.zero_code.session import Session
@@ -32,7 +33,7 @@ class Notices:
         if self.session is not None:
             self.session.warn(self.adapter, message)
         else:
-            print(f"labelkeep: {self.adapter}: {message}", file=sys.stderr)
+            logger.warning(f"{self.adapter}: {message}")
         return True
 
     def say(self, message: str) -> bool:

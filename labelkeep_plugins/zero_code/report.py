@@ -3,31 +3,34 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from labelkeep_plugins.budget import FALLING
 from labelkeep_plugins.hookspecs import hookimpl
 from labelkeep_plugins.jsonfile import write_json_or_tell
+from labelkeep_plugins.log import logger
 from labelkeep_plugins.zero_code.session import NO_COMPRESSION_SEEN
+
+if TYPE_CHECKING:
+    from labelkeep_plugins.zero_code.report_schema import ActiveRunReport, RunReport
 
 
 @hookimpl
-def labelkeep_run_finished(report: dict[str, Any], path: Path | None) -> None:
+def labelkeep_run_finished(report: ActiveRunReport, path: Path | None) -> None:
     tell_recovery_budget(report)
     tell_no_compression(report)
     if path is not None:
         write_json_or_tell(path, report)
 
 
-def tell_no_compression(report: dict[str, Any]) -> None:
+def tell_no_compression(report: RunReport) -> None:
     """One stderr line at exit when labelkeep had nothing to do in the command's process."""
     if os.environ.get("RANK", "0") == "0" and NO_COMPRESSION_SEEN in (report.get("warnings") or ()):
-        print(f"labelkeep: {NO_COMPRESSION_SEEN}", file=sys.stderr)
+        logger.warning(NO_COMPRESSION_SEEN)
 
 
-def tell_recovery_budget(report: dict[str, Any]) -> None:
+def tell_recovery_budget(report: ActiveRunReport) -> None:
     """One stderr line when mismatches were still falling: the budget, not the loss, fell short.
 
     Said once per command: under DDP each rank judges its own share of the data, and rank 0
@@ -45,4 +48,4 @@ def tell_recovery_budget(report: dict[str, Any]) -> None:
     line = str(falling[0].get("message", ""))
     if len(falling) > 1:
         line = f"{falling[0].get('student')}: {line} (and {len(falling) - 1} other model(s))"
-    print(f"labelkeep: {line}", file=sys.stderr)
+    logger.info(line)

@@ -17,6 +17,7 @@ from pathlib import Path
 from labelkeep_plugins.config import CONFIG_ENV, load_config
 from labelkeep_plugins.errors import ConfigError
 from labelkeep_plugins.jsonfile import unwritable_reason
+from labelkeep_plugins.log import logger
 from labelkeep_plugins.zero_code.auto import (
     AUTO_ENV,
     REPORT_ENV,
@@ -60,18 +61,12 @@ def execute(
 ) -> int:
     """Replace this process with ``command``; returns only if it cannot be started."""
     if not command:
-        print(
-            "labelkeep: no command given; usage: labelkeep run [options] -- CMD [ARGS...]",
-            file=sys.stderr,
-        )
+        logger.error("no command given; usage: labelkeep run [options] -- CMD [ARGS...]")
         return 2
     check_before_start(config=config, report=report, strict=strict)
     executable = shutil.which(command[0])
     if executable is None:
-        print(
-            f"labelkeep: command not found: {command[0]!r} (check the name and PATH)",
-            file=sys.stderr,
-        )
+        logger.error(f"command not found: {command[0]!r} (check the name and PATH)")
         return COMMAND_NOT_FOUND
     env = run_environment(dict(os.environ), config=config, report=report, strict=strict)
     sys.stdout.flush()
@@ -79,7 +74,7 @@ def execute(
     try:
         os.execve(executable, list(command), env)
     except OSError as exc:
-        print(f"labelkeep: cannot run {command[0]!r}: {exc.strerror}", file=sys.stderr)
+        logger.error(f"cannot run {command[0]!r}: {exc.strerror}")
         return 126
     return 0  # not reached
 

@@ -7,12 +7,11 @@ around their own code so that a labelkeep failure never stops the user's run.
 
 from __future__ import annotations
 
-import sys
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from torch import nn
 
@@ -20,6 +19,7 @@ from labelkeep_plugins._version import __version__
 from labelkeep_plugins.budget import mismatch_trend
 from labelkeep_plugins.config import Config
 from labelkeep_plugins.errors import LabelkeepError
+from labelkeep_plugins.log import logger
 from labelkeep_plugins.loss.composer import LossComposer
 from labelkeep_plugins.metrics import AgreementMeter
 from labelkeep_plugins.plugins import load_plugins
@@ -28,6 +28,14 @@ from labelkeep_plugins.tuners.base import make_tuner
 
 if TYPE_CHECKING:
     from labelkeep_plugins.injector.attach import InjectionHandle
+    from labelkeep_plugins.zero_code.report_schema import (
+        ActiveRunReport,
+        AdapterEntry,
+        AgreementFigures,
+        RecoveryBudgetEntry,
+        ReferenceCacheEntry,
+        ReferenceEntry,
+    )
 
 
 @dataclass
@@ -40,7 +48,7 @@ class ReferenceRecord:
     reference: nn.Module
     checksum: str
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> ReferenceEntry:
         return {
             "framework": self.framework,
             "where": self.where,
@@ -60,8 +68,8 @@ class AdapterStatus:
     state: str  # active | waiting-for-import | skipped | disabled | failed
     reason: str = ""
 
-    def as_dict(self) -> dict[str, Any]:
-        return dict(vars(self))
+    def as_dict(self) -> AdapterEntry:
+        return cast("AdapterEntry", dict(vars(self)))
 
 
 @dataclass
@@ -169,16 +177,13 @@ class Session:
         line = f"{adapter}: {message}"
         if line not in self.counters.warnings:
             self.counters.warnings.append(line)
-            print(f"labelkeep: {line}", file=sys.stderr)
+            logger.warning(line)
 
     def record_failure(self, adapter: str, exc: BaseException) -> None:
         message = f"{adapter}: {type(exc).__name__}: {exc}"
         if message not in self.counters.failures:
             self.counters.failures.append(message)
-            print(
-                f"labelkeep: {message} (training continues; run with --strict to stop on this)",
-                file=sys.stderr,
-            )
+            logger.error(f"{message} (training continues; run with --strict to stop on this)")
         status = self.adapters.get(adapter)
         if status is not None:
             status.state, status.reason = "failed", f"{type(exc).__name__}: {exc}"
@@ -196,8 +201,8 @@ class Session:
         """The notice a run gets when labelkeep saw nothing to do (said, not stored)."""
         return [] if self._records or self._all_handles else [NO_COMPRESSION_SEEN]
 
-    def report(self) -> dict[str, Any]:
-        """The JSON-serialisable run report.
+    def report(self) -> ActiveRunReport:
+        """The JSON-serialisable run report (its shape: :mod:`.report_schema`).
 
         ``agreement`` covers the latest evaluation pass of each attached model (its
         final state); ``agreement_all_passes`` every evaluation forward of the run.
@@ -234,7 +239,9 @@ class Session:
             "passes_ambiguous": _passes_ambiguous(self._all_handles),
             "recovery_budget": [_recovery_budget(handle) for handle in self._all_handles],
             "reference_cache": [
-                h.reference_cache.stats.as_dict() for h in self._all_handles if h.reference_cache
+                cast("ReferenceCacheEntry", h.reference_cache.stats.as_dict())
+                for h in self._all_handles
+                if h.reference_cache
             ],
             "failures": list(self.counters.failures),
             "warnings": [*self.counters.warnings, *self._silence()],
@@ -260,10 +267,11 @@ def _reference_cache(config: Config) -> Any:
     return ReferenceCache(int(settings.max_mb * 2**20), copy_to_host=settings.copy_to_host)
 
 
-def _recovery_budget(handle: InjectionHandle) -> dict[str, Any]:
+def _recovery_budget(handle: InjectionHandle) -> RecoveryBudgetEntry:
     """The mismatch trend of one attached model over its last evaluation passes."""
     history = handle.pass_history
-    return {"student": type(handle.student).__name__, **mismatch_trend(history).to_dict()}
+    verdict = {"student": type(handle.student).__name__, **mismatch_trend(history).to_dict()}
+    return cast("RecoveryBudgetEntry", verdict)
 
 
 def _passes_ambiguous(handles: list[InjectionHandle]) -> list[str]:
@@ -271,5 +279,5 @@ def _passes_ambiguous(handles: list[InjectionHandle]) -> list[str]:
     return [f"{type(h.student).__name__}: {note}" for h in handles for note in h.passes_ambiguous]
 
 
-def _computed(meter: AgreementMeter) -> dict[str, Any] | None:
-    return meter.compute().to_dict() if meter.samples else None
+def _computed(meter: AgreementMeter) -> AgreementFigures | None:
+    return cast("AgreementFigures", meter.compute().to_dict()) if meter.samples else None

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
 import threading
 import weakref
 from collections.abc import Generator, Iterator
@@ -35,6 +34,7 @@ from labelkeep_plugins.zero_code.adapter_api import (
     Notices,
     PatchingAdapter,
     Session,
+    logger,
     unwrap_model,
 )
 from labelkeep_torch_pruning.recovery import StudentPhase
@@ -50,10 +50,9 @@ def loss_during_importance_from_env() -> bool:
     if value in _TRUE:
         return True
     if value not in _FALSE:
-        print(
-            f"labelkeep: torch-pruning: {LOSS_DURING_IMPORTANCE_ENV}={value!r} is not one of "
-            f"1/true/yes/on or 0/false/no/off; using the default (off)",
-            file=sys.stderr,
+        logger.warning(
+            f"torch-pruning: {LOSS_DURING_IMPORTANCE_ENV}={value!r} is not one of "
+            f"1/true/yes/on or 0/false/no/off; using the default (off)"
         )
     return False
 

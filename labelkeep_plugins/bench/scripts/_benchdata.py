@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -110,8 +111,8 @@ def _arrays(dataset: str, data_dir: str | None) -> tuple[np.ndarray, ...]:
             return tuple(stored[k] for k in ("x", "y", "x_test", "y_test"))
     arrays = dataset_arrays(dataset)
     if cached is not None:
-        names = dict(zip(("x", "y", "x_test", "y_test"), arrays, strict=True))
-        _atomic_save(lambda f: np.savez(f, **names), cached)
+        x, y, x_test, y_test = arrays
+        _atomic_save(lambda f: np.savez(f, x=x, y=y, x_test=x_test, y_test=y_test), cached)
     return arrays
 
 
@@ -123,7 +124,7 @@ def _labels(a: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(np.asarray(a, dtype=np.int64))
 
 
-def _atomic_save(write: Callable[[object], None], path: Path) -> None:
+def _atomic_save(write: Callable[[BinaryIO], None], path: Path) -> None:
     """Write through a temporary file, so a parallel or interrupted run never reads half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=path.suffix)

@@ -24,10 +24,20 @@ def _chain_next_sitecustomize() -> None:
             return
 
 
+def _not_active(message: str) -> None:
+    """Through labelkeep's logger when at least that much of labelkeep imports, else print."""
+    try:
+        from labelkeep_plugins.log import logger
+    except ImportError:  # labelkeep is not installed for this interpreter at all
+        print(f"labelkeep: {message}", file=sys.stderr)
+    else:
+        logger.warning(message)
+
+
 try:
     from labelkeep_plugins.zero_code.auto import activate_from_environment, refuse_to_start
 except ImportError as exc:  # another interpreter without labelkeep installed
-    print(f"labelkeep: not active in {sys.executable} ({exc})", file=sys.stderr)
+    _not_active(f"not active in {sys.executable} ({exc})")
 else:
     try:
         activate_from_environment()
