@@ -34,3 +34,21 @@ def test_with_a_session_a_warning_reaches_the_report_once(
     assert capsys.readouterr().err.count("labelkeep: mylib: masks regrew") == 1
     notices.clear()
     assert notices.lines == [] and notices.say("masks regrew") is True
+
+
+def test_an_adapters_notices_follow_its_session() -> None:
+    """The base adapter owns the notices: a warning after uninstrument reaches no dead session."""
+    from labelkeep_plugins.zero_code.adapter_api import PatchingAdapter
+
+    class Quiet(PatchingAdapter):
+        name = "quiet"
+
+        def install(self, session: object) -> None:
+            pass
+
+    adapter = Quiet()
+    with instrumented(Config()) as session:
+        adapter.instrument(session)
+        assert adapter.notices.session is session
+        adapter.uninstrument()
+    assert adapter.notices.session is None

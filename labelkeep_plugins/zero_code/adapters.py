@@ -19,6 +19,7 @@ from packaging.version import InvalidVersion, Version
 
 from labelkeep_plugins.errors import PluginError
 from labelkeep_plugins.patching import PatchSet
+from labelkeep_plugins.zero_code.notices import Notices
 
 if TYPE_CHECKING:
     from labelkeep_plugins.zero_code.session import Session
@@ -91,10 +92,11 @@ class PatchingAdapter:
 
     def __init__(self) -> None:
         self.patches = PatchSet(self.name or type(self).__name__)
+        self.notices = Notices(self.name or type(self).__name__)  # said once each, to the session
         self.session: Session | None = None
 
     def instrument(self, session: Session) -> None:
-        self.session = session
+        self.session = self.notices.session = session
         self.install(session)
 
     def install(self, session: Session) -> None:
@@ -103,7 +105,7 @@ class PatchingAdapter:
 
     def uninstrument(self) -> None:
         self.patches.undo()
-        self.session = None
+        self.session = self.notices.session = None
 
 
 @dataclass(frozen=True)

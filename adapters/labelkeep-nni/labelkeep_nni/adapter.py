@@ -87,7 +87,6 @@ class NNIAdapter(PatchingAdapter):
 
     def __init__(self) -> None:
         super().__init__()
-        self.notices = notices.Notices(self.name)
         self.masks = MaskWatch(self.notices.warn)
         self.optimizers = optimizer_check.OptimizerCheck()
         self.shims: list[str] = []
@@ -100,7 +99,6 @@ class NNIAdapter(PatchingAdapter):
         from nni.compression.base import compressor as compressor_module
         from nni.compression.utils import evaluator as evaluator_module
 
-        self.notices.session = session
         compressor = compressor_module.Compressor
         self._wrap(compressor, "__init__", self._compressor_init)
         self._wrap(compressor, "compress", self._compress)

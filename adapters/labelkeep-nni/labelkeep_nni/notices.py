@@ -1,16 +1,13 @@
 """The adapter's one-line warnings about known NNI defects.
 
-Each is given once through the host's :class:`Notices`: to the session (stderr, prefixed
-``labelkeep: nni:``, and the run report's ``warnings``), or to stderr before a session exists.
+Each is given once through the adapter's ``notices`` (the host's ``Notices``): to the session
+(stderr, prefixed ``labelkeep: nni:``, and the run report's ``warnings``), or to stderr before
+a session exists.
 """
 
 from __future__ import annotations
 
 from typing import Any
-
-from labelkeep_plugins.zero_code.adapter_api import Notices
-
-__all__ = ["Notices", "already_wrapped", "no_reference", "no_training_forward"]
 
 
 def already_wrapped(compressor: str) -> str:

@@ -28,8 +28,12 @@ if TYPE_CHECKING:
     from contextlib import AbstractContextManager
 
     from labelkeep_nni.mask_watch import MaskWatch
-    from labelkeep_nni.notices import Notices
-    from labelkeep_plugins.zero_code.adapter_api import InjectionHandle, PatchSet, Session
+    from labelkeep_plugins.zero_code.adapter_api import (
+        InjectionHandle,
+        Notices,
+        PatchSet,
+        Session,
+    )
 
 
 class SpeedupHost(Protocol):

@@ -31,7 +31,6 @@ from torch import nn
 
 from labelkeep_plugins.zero_code.adapter_api import (
     ConfigError,
-    Notices,
     PatchingAdapter,
     Session,
     logger,
@@ -74,7 +73,6 @@ class TorchPruningAdapter(PatchingAdapter):
         super().__init__()
         self._option = loss_during_importance
         self.loss_during_importance = False
-        self.notices = Notices(self.name)
         self._phases: weakref.WeakKeyDictionary[nn.Module, StudentPhase] = (
             weakref.WeakKeyDictionary()
         )
@@ -233,5 +231,4 @@ class TorchPruningAdapter(PatchingAdapter):
 
     def _warn(self, message: str) -> None:
         """One line, once, through the session once there is one."""
-        self.notices.session = self.session
         self.notices.say(message)
