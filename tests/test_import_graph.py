@@ -27,27 +27,25 @@ def _is_type_checking(node: ast.If) -> bool:
     )
 
 
-def _imports(tree: ast.AST, modules: set[str], package: str) -> set[str]:
+def _imports(tree: ast.AST, modules: set[str], module: str) -> set[str]:
     """The package's modules that ``tree`` imports, outside TYPE_CHECKING blocks."""
     found: set[str] = set()
     for node in ast.iter_child_nodes(tree):
         if isinstance(node, ast.If) and _is_type_checking(node):
             for child in node.orelse:
-                found |= _imports(child, modules, package)
+                found |= _imports(child, modules, module)
             continue
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names if alias.name in modules}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            base = node.module
-            if node.level:  # relative: from its package
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1])
-                base = f"{base}.{node.module}" if node.module else base
+        elif isinstance(node, ast.ImportFrom):
+            assert not node.level, f"{module}: a relative import; the package uses absolute ones"
+            base = node.module or ""
             for alias in node.names:
                 if f"{base}.{alias.name}" in modules:
                     found.add(f"{base}.{alias.name}")
                 elif base in modules:
                     found.add(base)
-        found |= _imports(node, modules, package)
+        found |= _imports(node, modules, module)
     return found
 
 
@@ -56,8 +54,7 @@ def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
     modules = set(files)
     graph = {}
     for name, path in files.items():
-        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        graph[name] = _imports(ast.parse(path.read_text()), modules, package) - {name}
+        graph[name] = _imports(ast.parse(path.read_text()), modules, name) - {name}
     return graph
 
 

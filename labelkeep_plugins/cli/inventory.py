@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterator
 
+from labelkeep_plugins.env import ALLOW_LIST_ENV, AUTOLOAD_OFF_ENV
 from labelkeep_plugins.errors import PluginError
 from labelkeep_plugins.plugins import (
-    ALLOW_LIST_ENV,
-    AUTOLOAD_OFF_ENV,
     DEFAULT_PLUGINS,
     EntryPointSelection,
     collect,

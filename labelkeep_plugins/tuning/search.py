@@ -20,13 +20,17 @@ from typing import Any
 from labelkeep_plugins.config import Config, LossConfig
 from labelkeep_plugins.errors import ConfigError, LabelkeepError
 from labelkeep_plugins.experiments.objective import Objective, measurement_from_report, rank
-from labelkeep_plugins.experiments.trial import TrialRun, run_trial, trial_config
+from labelkeep_plugins.experiments.trial import (
+    LOG_FILE,
+    REPORT_FILE,
+    TrialRun,
+    run_trial,
+    trial_config,
+)
 from labelkeep_plugins.tuning.algorithms import SearchAlgorithm, SpaceExhausted, make_algorithm
 from labelkeep_plugins.tuning.metric import DEFAULT_MODE, Metric, MetricError
 from labelkeep_plugins.tuning.space import describe_space, parameters_to_loss
 from labelkeep_plugins.tuning.store import (
-    LOG_FILE,
-    REPORT_FILE,
     SearchSettings,
     TrialRecord,
     load_results,

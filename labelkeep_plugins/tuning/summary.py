@@ -8,10 +8,9 @@ from typing import Any
 
 from labelkeep_plugins.config import Config, LossConfig
 from labelkeep_plugins.experiments.objective import Measurement, Objective, Ranked, rank
-from labelkeep_plugins.experiments.trial import trial_config, write_config
+from labelkeep_plugins.experiments.trial import LOG_FILE, trial_config, write_config
 from labelkeep_plugins.tuning.store import (
     BEST_FILE,
-    LOG_FILE,
     SearchSettings,
     TrialRecord,
     save_results,

@@ -23,7 +23,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 
-from labelkeep_plugins.env import AUTO_ENV, REPORT_ENV, ROOT_PID_ENV, STRICT_ENV
+from labelkeep_plugins.env import AUTO_ENV, CONFIG_ENV, REPORT_ENV, ROOT_PID_ENV, STRICT_ENV
 from labelkeep_plugins.errors import ConfigError, LabelkeepError
 from labelkeep_plugins.jsonfile import unwritable_reason, write_json_or_tell
 from labelkeep_plugins.log import logger
@@ -92,7 +92,7 @@ def config_source() -> Path | None:
 
     Absolute, so that an error names the file wherever the process runs.
     """
-    from labelkeep_plugins.config import CONFIG_ENV, DEFAULT_CONFIG_FILE
+    from labelkeep_plugins.config import DEFAULT_CONFIG_FILE
 
     chosen = os.environ.get(CONFIG_ENV)
     if chosen:

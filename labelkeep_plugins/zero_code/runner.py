@@ -14,7 +14,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from labelkeep_plugins.config import CONFIG_ENV, load_config
+from labelkeep_plugins.config import load_config
+from labelkeep_plugins.env import CONFIG_ENV
 from labelkeep_plugins.errors import ConfigError
 from labelkeep_plugins.jsonfile import unwritable_reason
 from labelkeep_plugins.log import logger
