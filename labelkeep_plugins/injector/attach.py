@@ -302,14 +302,13 @@ class InjectionHandle:
         values: Mapping[str, torch.Tensor],
         targets: torch.Tensor | None,
     ) -> None:
-        if self._events.wanted(TRAINING_STEP):
-            self._events.tell(
-                TRAINING_STEP,
-                student_logits=entry.student,
-                reference_logits=entry.reference,
-                targets=targets,
-                terms=dict(values),
-            )
+        self._events.tell(
+            TRAINING_STEP,
+            student_logits=entry.student,
+            reference_logits=entry.reference,
+            targets=targets,
+            terms=dict(values),
+        )
 
     def _drain(self) -> None:
         """Count evaluation forwards whose logits were freed (or flushed) since the last look."""
@@ -319,13 +318,12 @@ class InjectionHandle:
                 continue
             self.stats.evaluation_batches += 1
             self._meters.update(entry.pass_id, entry.reference, entry.student, entry.targets)
-            if self._events.wanted(EVALUATION_BATCH):
-                self._events.tell(
-                    EVALUATION_BATCH,
-                    student_logits=entry.student,
-                    reference_logits=entry.reference,
-                    targets=entry.targets,
-                )
+            self._events.tell(
+                EVALUATION_BATCH,
+                student_logits=entry.student,
+                reference_logits=entry.reference,
+                targets=entry.targets,
+            )
 
 
 def handle_of(student: nn.Module) -> InjectionHandle | None:

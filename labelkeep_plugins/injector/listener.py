@@ -24,11 +24,8 @@ class Events:
         self._hooks = hooks
         self._direct = _bound_events(listener)
 
-    def wanted(self, event: str) -> bool:
-        """Whether anyone hears ``event``: build its arguments only then."""
-        return event in self._direct or bool(getattr(self._hooks, event).get_hookimpls())
-
     def tell(self, event: str, **values: Any) -> None:
+        """Once per step: one dict lookup, and the plugin hook only if a plugin implements it."""
         direct = self._direct.get(event)
         if direct is not None:
             direct(**values)
