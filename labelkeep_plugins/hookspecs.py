@@ -7,7 +7,7 @@ can provide several and the host knows which plugin provided what.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pluggy
 
@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from torch import nn
 
     from labelkeep_plugins.config import Config
+    from labelkeep_plugins.zero_code.report_schema import ActiveRunReport
+    from labelkeep_plugins.zero_code.session import Session
 
 PROJECT_NAME = "labelkeep"
 
@@ -67,6 +69,35 @@ def labelkeep_register_adapters(register: Callable[..., None]) -> None:
 
     :param register: the callback that records one adapter.
     :return: nothing; every implementation is called.
+    """
+
+
+@hookspec
+def labelkeep_auto_config(config: Config) -> Config | None:
+    """Adjust the configuration that auto mode (``labelkeep-run``) is about to start with.
+
+    Called in each process auto mode activates in, after the config file and the
+    environment were read and before anything is instrumented: the NNI-trial plugin lays
+    the trial's weights over the loss here. Implementations are chained in call order,
+    each receiving the previous one's result.
+
+    :param config: the configuration so far.
+    :return: a new :class:`labelkeep_plugins.config.Config`, or None to leave it as it is.
+        An exception means labelkeep cannot start: auto mode then runs the command
+        without it (and says why), strict mode refuses to start.
+    """
+
+
+@hookspec
+def labelkeep_session_started(session: Session) -> None:
+    """Learn that auto mode instrumented this process; called once, before the script runs.
+
+    Work registered with :mod:`atexit` here runs before the run report is handed to
+    :func:`labelkeep_run_finished` (atexit runs last-registered first), so a plugin can
+    still read the session's figures, e.g. to send them to an experiment manager.
+
+    :param session: the process's :class:`labelkeep_plugins.zero_code.session.Session`.
+    :return: nothing; every implementation is called. An exception costs one warning.
     """
 
 
@@ -133,14 +164,17 @@ def labelkeep_evaluation_batch(
 
 
 @hookspec
-def labelkeep_run_finished(report: dict[str, Any], path: Path | None) -> None:
+def labelkeep_run_finished(report: ActiveRunReport, path: Path | None) -> None:
     """Receive the final run report of one process (reporters write or send it).
 
     Called at exit in each process ``labelkeep run`` instrumented that has something
     to report (the command's own process, each DDP rank, any process that took a
-    reference). The built-in reporter writes it as JSON to ``path``.
+    reference). The built-in reporter writes it as JSON to ``path``. A process labelkeep
+    could not start in writes its short ``active: false`` report itself, at once: a
+    plugin may be what failed.
 
-    :param report: the JSON-serialisable report of the run.
+    :param report: the JSON-serialisable report of the run, typed in
+        :mod:`labelkeep_plugins.zero_code.report_schema` (the README lists its keys).
     :param path: where the user asked for the report (per rank under DDP), or None.
     :return: nothing; every implementation is called.
     """

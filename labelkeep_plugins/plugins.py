@@ -34,6 +34,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "labelkeep_plugins.loss.builtin_terms",
     "labelkeep_plugins.tuners.builtin",
     "labelkeep_plugins.zero_code.report",
+    "labelkeep_plugins.tuning.nni_trial",  # inert outside an NNI trial
 )
 
 

@@ -323,3 +323,15 @@ def test_the_example_experiment_config_is_valid_for_nni() -> None:
     assert config.search_space == default_search_space()  # what `labelkeep search-space` writes
     assert validate_search_space(config.search_space) == config.search_space
     compile((EXAMPLE / "train.py").read_text(), "train.py", "exec")
+
+
+def test_auto_mode_takes_the_trial_weights_through_the_plugin_hook(
+    trial_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What ``labelkeep-run`` does in a trial: the built-in plugin's hook, not a direct call."""
+    from labelkeep_plugins.zero_code.auto import adjusted_by_plugins
+
+    install(monkeypatch, {"kd": 0.5, "temperature": 3.0})
+    config = adjusted_by_plugins(Config())
+    assert config.loss.weights["kd"] == 0.5 and config.tuner == "fixed"
+    assert config.report == str(trial_env / "labelkeep-report.json")

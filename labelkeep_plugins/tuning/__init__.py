@@ -1,7 +1,7 @@
 """Weight tuning by search: the objective, the NNI search space, ``labelkeep tune`` and NNI trials.
 
 Nothing here imports NNI or torch at import time: ``labelkeep-run`` imports
-:mod:`labelkeep_plugins.tuning.nni_trial` in every process it starts, and NNI is
+:mod:`labelkeep_plugins.tuning.nni_trial` (a built-in plugin) wherever plugins load, and NNI is
 optional (without it ``labelkeep tune`` falls back to an in-process random search).
 """
 

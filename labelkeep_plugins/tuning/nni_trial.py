@@ -1,8 +1,9 @@
 """Inside an NNI trial: the trial's parameters set the loss, the agreement goes back to NNI.
 
 An NNI experiment whose ``trialCommand`` is ``labelkeep-run python train.py`` starts the
-runner in each trial; :mod:`labelkeep_plugins.zero_code.auto` calls :func:`prepare_config` before
-instrumenting and :func:`start_reporting` after. Then:
+runner in each trial. This module is a built-in plugin: auto mode's
+``labelkeep_auto_config`` hook reaches :func:`prepare_config` before instrumenting, and its
+``labelkeep_session_started`` hook reaches :func:`start_reporting` after. Then:
 
 * the first instrumented process (the trial's own) calls ``nni.get_next_parameter()``
   once, lays the parameters over the configured loss (keys that are not labelkeep's,
@@ -40,6 +41,7 @@ from labelkeep_plugins.tuning.space import parameters_to_loss
 
 if TYPE_CHECKING:
     from labelkeep_plugins.zero_code.report_schema import RunReport
+    from labelkeep_plugins.zero_code.session import Session
 
 REPORT_NAME = "labelkeep-report.json"
 PLUGIN_NAME = "labelkeep-nni-trial"
@@ -86,6 +88,16 @@ def prepare_config(config: Config) -> Config:
             "this trial runs with the configured loss"
         )
     return config
+
+
+@hookimpl
+def labelkeep_auto_config(config: Config) -> Config:
+    return prepare_config(config)
+
+
+@hookimpl
+def labelkeep_session_started(session: Session) -> None:
+    start_reporting(session)
 
 
 def start_reporting(session: Any) -> None:

@@ -24,7 +24,7 @@ from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 
 from labelkeep_plugins.env import AUTO_ENV, CONFIG_ENV, REPORT_ENV, ROOT_PID_ENV, STRICT_ENV
-from labelkeep_plugins.errors import ConfigError, LabelkeepError
+from labelkeep_plugins.errors import ConfigError, LabelkeepError, PluginError
 from labelkeep_plugins.jsonfile import unwritable_reason, write_json_or_tell
 from labelkeep_plugins.log import logger
 
@@ -62,18 +62,15 @@ def activate_from_environment() -> None:
             raise
         run_without_labelkeep(exc, source)
         return
-    from labelkeep_plugins.tuning.nni_trial import start_reporting
-
     _Reporting.owner_pid = os.getpid()
     _watch_crash(session)
     atexit.register(write_report_at_exit)
     _report_on_signals()
-    start_reporting(session)  # NNI trial only; runs before the report is written
+    _tell_plugins_started(session)  # their atexit work runs before the report is written
 
 
 def _instrument(source: Path | None, strict: bool) -> Session:
     from labelkeep_plugins.config import Config, load_config
-    from labelkeep_plugins.tuning.nni_trial import prepare_config
     from labelkeep_plugins.zero_code.instrument import instrument
 
     config = load_config(source) if source is not None else Config()
@@ -82,9 +79,40 @@ def _instrument(source: Path | None, strict: bool) -> Session:
         strict=config.strict or strict,
         report=os.environ.get(REPORT_ENV) or config.report,
     )
-    config = prepare_config(config)  # inside an NNI trial: its weights, its report folder
+    config = adjusted_by_plugins(config)  # e.g. inside an NNI trial: its weights, its report
     check_report_path(config)
     return instrument(config)
+
+
+def adjusted_by_plugins(config: Config) -> Config:
+    """``config`` passed through each ``labelkeep_auto_config`` implementation in turn."""
+    from labelkeep_plugins.config import Config
+    from labelkeep_plugins.plugins import load_plugins
+
+    caller = load_plugins(strict=config.strict).hook.labelkeep_auto_config
+    for implementation in reversed(caller.get_hookimpls()):  # pluggy's call order
+        changed = implementation.function(**{name: config for name in implementation.argnames})
+        if changed is None:
+            continue
+        if not isinstance(changed, Config):
+            raise PluginError(
+                f"plugin {implementation.plugin_name!r}: labelkeep_auto_config returned "
+                f"{type(changed).__name__}; return a Config (dataclasses.replace(config, ...)) "
+                "or None"
+            )
+        config = changed
+    return config
+
+
+def _tell_plugins_started(session: Session) -> None:
+    from labelkeep_plugins.plugins import load_plugins
+
+    try:
+        load_plugins().hook.labelkeep_session_started(session=session)
+    except Exception as exc:
+        if session.config.strict:
+            raise
+        logger.warning(f"a plugin failed when the session started ({type(exc).__name__}: {exc})")
 
 
 def config_source() -> Path | None:
