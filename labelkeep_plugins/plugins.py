@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -25,7 +25,10 @@ from labelkeep_plugins import hookspecs
 from labelkeep_plugins.env import ALLOW_LIST_ENV, AUTOLOAD_OFF_ENV, DISABLED_ADAPTERS_ENV
 from labelkeep_plugins.errors import LabelkeepWarning, PluginError
 from labelkeep_plugins.log import logger
-from labelkeep_plugins.loss.terms import LossTerm
+from labelkeep_plugins.loss.terms import LossTerm, check_term_names
+
+if TYPE_CHECKING:
+    from labelkeep_plugins.config import LossConfig
 
 ENTRY_POINT_GROUP = "labelkeep"
 
@@ -246,6 +249,11 @@ def loss_terms() -> dict[str, LossTerm]:
             )
         terms[term.name], owners[term.name] = term, plugin
     return terms
+
+
+def check_terms(loss: LossConfig) -> None:
+    """Every term ``loss`` weights is registered (a configuration never reads the registry)."""
+    check_term_names(loss.weights, loss_terms())
 
 
 def tuner_factories() -> dict[str, Callable[..., Any]]:

@@ -116,11 +116,42 @@ def test_weights_must_be_a_non_empty_mapping(weights):
     assert "weights" in message and repr(weights) in message and "kd" in message
 
 
+def _terms_error(data) -> str:
+    config = Config.from_dict(data)  # plain data: the names are the registry's to check
+    with pytest.raises(ConfigError) as info:
+        plugins.check_terms(config.loss)
+    return str(info.value)
+
+
 def test_unknown_term_lists_known_terms():
-    message = _error({"loss": {"weights": {"ce": 1.0, "kdd": 1.0}}})
+    message = _terms_error({"loss": {"weights": {"ce": 1.0, "kdd": 1.0}}})
     assert "'kdd'" in message
     for name in ("ce", "kd", "hard", "logit_mse"):
         assert name in message
+
+
+def test_the_loss_composer_refuses_an_unknown_term():
+    from labelkeep_plugins.loss.composer import LossComposer
+
+    with pytest.raises(ConfigError, match=r"unknown loss term 'kdd'.*known terms: ce, fm"):
+        LossComposer(LossConfig(weights={"kdd": 1.0}))
+    composer = LossComposer(LossConfig())
+    with pytest.raises(ConfigError, match="'kdd'"):
+        composer.configure(LossConfig(weights={"kdd": 1.0}))
+    assert composer.loss == LossConfig()  # the refused weights changed nothing
+
+
+def test_a_configuration_never_loads_plugins(monkeypatch):
+    """config.py is plain data: building one must not import entry points (nor torch's terms)."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the configuration loaded plugins")
+
+    monkeypatch.setattr(plugins, "load_plugins", refuse)
+    monkeypatch.setattr(plugins, "collect", refuse)
+    config = Config.from_dict({"loss": {"weights": {"kd": 0.5, "cosine": 1.0}}, "tuner": "fixed"})
+    assert config.loss.weights == {"ce": 1.0, "kd": 0.5, "cosine": 1.0}
+    assert Config.from_dict(config.to_dict()) == config
 
 
 def test_unknown_top_level_key_lists_allowed_keys():
@@ -351,13 +382,13 @@ class CosinePlugin:
 
 
 def test_plugin_term_becomes_a_valid_weight_key():
-    with pytest.raises(ConfigError, match="'cosine'"):
-        Config.from_dict({"loss": {"weights": {"cosine": 1.0}}})
+    assert "'cosine'" in _terms_error({"loss": {"weights": {"cosine": 1.0}}})
     plugins.get_plugin_manager().register(CosinePlugin(), name="cosine-plugin")
     config = Config.from_dict({"loss": {"weights": {"ce": 1.0, "cosine": 0.5}}})
+    plugins.check_terms(config.loss)
     assert config.loss.weights == {"ce": 1.0, "cosine": 0.5}
     # ...and the error for an unknown term now lists it among the known ones.
-    assert "cosine" in _error({"loss": {"weights": {"nope": 1.0}}})
+    assert "cosine" in _terms_error({"loss": {"weights": {"nope": 1.0}}})
 
 
 def test_ce_keeps_weight_one_unless_given() -> None:

@@ -294,3 +294,14 @@ def test_unknown_tuner_is_refused_when_instrumenting(framework) -> None:
         assert session.report()["tuner"] == {"name": "fixed"}
     with instrumented(Config()) as session:
         assert session.report()["tuner"]["name"] == "catchup"  # the default tuner
+
+
+def test_unknown_term_is_refused_before_anything_is_patched(framework) -> None:
+    """A configuration is plain data; instrument() checks its term names against the plugins."""
+    from labelkeep_plugins.errors import ConfigError
+
+    original = framework.Pruner.__init__
+    with pytest.raises(ConfigError, match="unknown loss term 'kdd' in weights; known terms: ce"):
+        instrumented(Config.from_dict({"loss": {"weights": {"kdd": 1.0}}})).__enter__()
+    assert current_session() is None
+    assert framework.Pruner.__init__ is original

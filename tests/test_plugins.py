@@ -206,11 +206,15 @@ def test_entry_points_strict_raises(fake_entry_points):
 
 
 def test_strict_after_a_lenient_load_raises_for_what_it_skipped(fake_entry_points):
-    """A config validated first (LossConfig loads plugins leniently) must not defuse --strict."""
+    """A lenient load first (a drop-in loss, the term check) must not defuse --strict."""
     from labelkeep_plugins import Config
 
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Config(loss={"weights": {"kd": 1.0}})  # plain data: loads no plugin
+    assert fake_entry_points.calls == []
     with pytest.warns(LabelkeepWarning, match="'bad'"):
-        Config(loss={"weights": {"kd": 1.0}})  # validating the weights loads every plugin
+        plugins.check_terms(Config().loss)  # resolving the names loads every plugin, leniently
     with pytest.raises(PluginError, match=r"plugin 'bad' from .* failed to load"):
         plugins.load_plugins(strict=True)
     with pytest.raises(PluginError, match="'bad'"):

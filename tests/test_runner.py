@@ -105,6 +105,26 @@ def test_bad_config_fails_before_the_command_runs(tmp_path: Path, script: Path) 
     assert "active" not in result.stdout
 
 
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("loss:\n  weights: {kdd: 1.0}\n", "unknown loss term 'kdd' in weights; known terms: ce"),
+        ("tuner: nope\n", "unknown tuner 'nope'; registered tuners: catchup"),
+    ],
+)
+def test_a_config_naming_an_unregistered_term_or_tuner_fails_before_the_command(
+    tmp_path: Path, script: Path, text: str, said: str
+) -> None:
+    """A config file is plain data; the runner checks its names against the plugins."""
+    (tmp_path / "names.yaml").write_text(text)
+    result = run(
+        labelkeep_run("--config", "names.yaml", "--", sys.executable, str(script)), tmp_path
+    )
+    assert result.returncode == 2
+    assert "config file 'names.yaml': " + said in result.stderr
+    assert "active" not in result.stdout
+
+
 def test_labelkeep_run_entry_point(tmp_path: Path, script: Path) -> None:
     result = run(
         [

@@ -22,6 +22,7 @@ from labelkeep_plugins.errors import LabelkeepError
 from labelkeep_plugins.experiments.objective import Measurement, measurement_from_report
 from labelkeep_plugins.experiments.trial import TrialRun, output_pointer, run_trial
 from labelkeep_plugins.jsonfile import write_json
+from labelkeep_plugins.zero_code.runner import check_against_plugins
 
 ARMS = ("plain", "labelkeep")
 
@@ -54,6 +55,8 @@ def compare_from_options(options: argparse.Namespace) -> int:
         raise LabelkeepError("no command given; usage: labelkeep compare -- CMD [ARGS...]")
     seeds = _parse_seeds(options.seeds)
     config = load_config(options.config)
+    if options.config is not None:
+        check_against_plugins(config, options.config)
     results = run_comparison(command, seeds, config, Path(options.out), echo=_stderr)
     print(format_table(results, " ".join(command)))
     return 0

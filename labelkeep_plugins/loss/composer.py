@@ -15,7 +15,12 @@ import torch
 from labelkeep_plugins.config import FocalConfig, LossConfig
 from labelkeep_plugins.errors import NonFiniteError, ShapeMismatchError
 from labelkeep_plugins.loss.labels import class_labels
-from labelkeep_plugins.loss.terms import GROUND_TRUTH_TERM, LossTerm, TermInputs
+from labelkeep_plugins.loss.terms import (
+    GROUND_TRUTH_TERM,
+    LossTerm,
+    TermInputs,
+    check_term_names,
+)
 
 _internal = threading.local()
 
@@ -49,6 +54,8 @@ class LossComposer:
 
     def configure(self, loss: LossConfig) -> None:
         """Switch to new weights (tuners call this between steps)."""
+        if loss.weights.keys() - self._terms.keys():  # a set difference: cheap on the hot path
+            check_term_names(loss.weights, self._terms)
         self.loss = loss
         active = [(self._terms[name], w) for name, w in loss.weights.items() if w > 0]
         self._ground_truth = [(t, w) for t, w in active if t.name == GROUND_TRUTH_TERM]

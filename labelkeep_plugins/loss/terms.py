@@ -8,9 +8,11 @@ applied before the batch is reduced. Built-in terms live in
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from labelkeep_plugins.errors import ConfigError
 
 if TYPE_CHECKING:
     import torch
@@ -54,3 +56,18 @@ GROUND_TRUTH_TERM = "ce"
 
 FUNCTION_MATCHING_TERM = "fm"
 """KD on a mixed copy of each training batch (Beyer et al.); see ``on_perturbed_copy``."""
+
+
+def check_term_names(weights: Iterable[str], known: Iterable[str]) -> None:
+    """Every weighted term is one of ``known``; else a ConfigError that lists them.
+
+    The configuration cannot check this itself (terms come from plugins, and
+    ``config.py`` never reads the registry): whoever resolves the names does.
+    """
+    names = sorted(known)
+    for name in weights:
+        if name not in names:
+            raise ConfigError(
+                f"unknown loss term {name!r} in weights; known terms: "
+                f"{', '.join(names)} (plugins can add more)"
+            )

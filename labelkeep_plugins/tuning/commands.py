@@ -7,10 +7,13 @@ import json
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from labelkeep_plugins.errors import ConfigError
 from labelkeep_plugins.zero_code.runner import COMMAND_NOT_FOUND
+
+if TYPE_CHECKING:
+    from labelkeep_plugins.config import Config
 
 DEFAULT_OUT = "labelkeep-tune"
 
@@ -89,8 +92,18 @@ def _add_space_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--terms", help="comma-separated terms to search (default: all teacher)")
 
 
-def _tune(options: argparse.Namespace) -> int:
+def _base_config(path: str | None) -> Config:
+    """The ``--config`` file every trial starts from, checked before the first trial runs."""
     from labelkeep_plugins.config import load_config
+    from labelkeep_plugins.zero_code.runner import check_against_plugins
+
+    config = load_config(path)
+    if path is not None:
+        check_against_plugins(config, path)
+    return config
+
+
+def _tune(options: argparse.Namespace) -> int:
     from labelkeep_plugins.tuning.algorithms import ALGORITHMS
     from labelkeep_plugins.tuning.search import TuneRequest, tune
 
@@ -110,7 +123,7 @@ def _tune(options: argparse.Namespace) -> int:
         trials=options.trials,
         out=Path(options.out),
         search_space=_space(options),
-        base=load_config(options.config),
+        base=_base_config(options.config),
         algorithm=options.algorithm,
         seed=options.seed,
         tolerance=options.tolerance,

@@ -18,6 +18,7 @@ from labelkeep_plugins.env import DISABLED_ADAPTERS_ENV
 from labelkeep_plugins.errors import PluginError
 from labelkeep_plugins.log import logger
 from labelkeep_plugins.plugins import (
+    check_terms,
     collect,
     disabled_adapter_names,
     load_plugins,
@@ -46,6 +47,7 @@ def instrument(config: Config | None = None) -> Session:
             return _session
         config = config if config is not None else load_config()
         pm = load_plugins(strict=config.strict)
+        check_terms(config.loss)  # before anything is patched: the names are plugins' terms
         session = Session(config)
         _session = session
         try:

@@ -14,11 +14,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from labelkeep_plugins.config import load_config
+from labelkeep_plugins.config import Config, load_config
 from labelkeep_plugins.env import CONFIG_ENV
 from labelkeep_plugins.errors import ConfigError
 from labelkeep_plugins.jsonfile import unwritable_reason
 from labelkeep_plugins.log import logger
+from labelkeep_plugins.plugins import check_terms
+from labelkeep_plugins.tuners.base import make_tuner
 from labelkeep_plugins.zero_code.auto import (
     AUTO_ENV,
     REPORT_ENV,
@@ -90,11 +92,11 @@ def check_before_start(*, config: str | None, report: str | None, strict: bool) 
     say so) rather than stop the user's run.
     """
     if config is not None:
-        load_config(config)
+        check_against_plugins(load_config(config), config)
     elif strict or os.environ.get(STRICT_ENV):
         source = config_source()
         if source is not None:
-            load_config(source)
+            check_against_plugins(load_config(source), str(source))
     if report is not None:
         reason = unwritable_reason(Path(report))
         if reason is not None:
@@ -102,6 +104,15 @@ def check_before_start(*, config: str | None, report: str | None, strict: bool) 
                 f"cannot write the report to {str(Path(report).resolve())!r} "
                 f"(--report {report}): {reason}"
             )
+
+
+def check_against_plugins(config: Config, source: str) -> None:
+    """What a file cannot check alone: that its terms and its tuner are registered ones."""
+    try:
+        check_terms(config.loss)
+        make_tuner(config)
+    except ConfigError as exc:
+        raise ConfigError(f"config file {source!r}: {exc}") from exc
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
