@@ -165,3 +165,27 @@ def test_the_core_layers_never_import_zero_code_or_tools(layer: str) -> None:
     for module, targets in graph.items():
         if module.startswith(f"{PACKAGE}.{layer}"):
             assert not [t for t in targets if t.startswith(above)], module
+
+
+def test_only_the_table_renderer_imports_rich() -> None:
+    """rich draws the tools' tables; the zero-code path of a user's training never loads it."""
+    importers = set()
+    for path in ROOT.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            if any(name == "rich" or name.startswith("rich.") for name in names):
+                importers.add(module_name(path))
+    assert importers == {f"{PACKAGE}.experiments.tables"}
+    graph = import_graph()
+    reached, todo = set(), [f"{PACKAGE}.zero_code.auto", f"{PACKAGE}.zero_code.instrument"]
+    while todo:
+        module = todo.pop()
+        if module not in reached:
+            reached.add(module)
+            todo.extend(graph.get(module, ()))
+    assert f"{PACKAGE}.zero_code.session" in reached  # the walk follows imports
+    assert f"{PACKAGE}.experiments.tables" not in reached

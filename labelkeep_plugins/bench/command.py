@@ -29,6 +29,7 @@ from labelkeep_plugins.bench.plan import KNOWN_METHODS, BenchSettings
 from labelkeep_plugins.bench.rows import choose_methods
 from labelkeep_plugins.bench.store import RESULTS_FILE, BenchRecord, check_same, load_record
 from labelkeep_plugins.errors import ConfigError
+from labelkeep_plugins.log import logger
 
 DEFAULT_OUT = "labelkeep-bench"
 DEFAULT_JOBS = 2
@@ -84,10 +85,10 @@ def bench_from_options(options: argparse.Namespace) -> int:
     ensure_writable(out)
     skipped = unavailable(cells)
     for key, why in skipped.items():
-        print(f"labelkeep bench: skipping {key}: {why}", file=sys.stderr)
+        logger.warning(f"bench: skipping {key}: {why}")
     runnable = [cell for cell in cells if cell.key not in skipped]
     if not runnable:
-        print("labelkeep bench: nothing to run: every selected cell is skipped", file=sys.stderr)
+        logger.error("bench: nothing to run: every selected cell is skipped")
         return ALL_FAILED
     methods, notes = choose_methods(profile, settings_args["requested"], settings_args["trials"])
     settings = _settings(profile, runnable, methods, settings_args)
@@ -181,7 +182,7 @@ def _record(settings: BenchSettings, out: Path, resume: bool) -> BenchRecord:
     stored = load_record(out)
     if stored is None:
         if resume:
-            print(f"labelkeep bench: nothing to resume in {out}; starting", file=sys.stderr)
+            logger.info(f"bench: nothing to resume in {out}; starting")
         return BenchRecord(settings)
     if not resume:
         raise ConfigError(

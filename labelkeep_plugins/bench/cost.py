@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from labelkeep_plugins.experiments.tables import Column, markdown_table
 from labelkeep_plugins.jsonfile import write_json
 
 COST_FILE = "cost.json"
@@ -129,27 +130,46 @@ def _memory_child(index: int, variant: str, steps: int) -> dict[str, Any]:
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
+COST_COLUMNS = tuple(
+    Column(header, "left" if header == "case" else "right")
+    for header in (
+        "case",
+        "plain step ms",
+        "reference fwd ms",
+        "instrumented ms (x plain; x plain+fwd)",
+        "+ default tuner ms (x instrumented)",
+        "cached, repeated ms (x plain)",
+        "cached, new inputs ms",
+        "fingerprint ms",
+        "peak RSS plain MiB",
+        "+ instrumented MiB",
+        "+ cached MiB",
+        "bound MiB",
+    )
+)
+
+
 def cost_table(results: list[dict[str, Any]]) -> str:
     """Markdown: one row per case, times in ms, memory in MiB above plain."""
-    lines = [
-        "| case | plain step ms | reference fwd ms | instrumented ms (x plain; x plain+fwd) "
-        "| + default tuner ms (x instrumented) "
-        "| cached, repeated ms (x plain) | cached, new inputs ms | fingerprint ms "
-        "| peak RSS plain MiB | + instrumented MiB | + cached MiB | bound MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    rows = []
     for r in results:
         t = {v: f["median_ms"] for v, f in r["times"].items()}
         q = r["ratios"]
-        lines.append(
-            f"| {r['case']} | {t['plain']:.2f} | {t['reference_forward']:.2f} | "
-            f"{t['instrumented']:.2f} ({q['instrumented_vs_plain']:.2f}x; "
-            f"{q['instrumented_vs_plain_plus_forward']:.2f}x) | {t['default_tuner']:.2f} "
-            f"({q['default_tuner_vs_instrumented']:.2f}x) | {t['cached']:.2f} "
-            f"({q['cached_vs_plain']:.2f}x) | {t['cached_fresh']:.2f} | "
-            f"{t['fingerprint']:.3f} | {_memory_cells(r)} |"
+        rows.append(
+            (
+                r["case"],
+                f"{t['plain']:.2f}",
+                f"{t['reference_forward']:.2f}",
+                f"{t['instrumented']:.2f} ({q['instrumented_vs_plain']:.2f}x; "
+                f"{q['instrumented_vs_plain_plus_forward']:.2f}x)",
+                f"{t['default_tuner']:.2f} ({q['default_tuner_vs_instrumented']:.2f}x)",
+                f"{t['cached']:.2f} ({q['cached_vs_plain']:.2f}x)",
+                f"{t['cached_fresh']:.2f}",
+                f"{t['fingerprint']:.3f}",
+                *_memory_cells(r),
+            )
         )
-    return "\n".join(lines)
+    return markdown_table(COST_COLUMNS, rows)
 
 
 def cost_notes(document: dict[str, Any]) -> list[str]:
@@ -165,14 +185,12 @@ def cost_notes(document: dict[str, Any]) -> list[str]:
     ]
 
 
-def _memory_cells(result: dict[str, Any]) -> str:
+def _memory_cells(result: dict[str, Any]) -> tuple[str, str, str, str]:
     memory = result["memory"]
+    bound = f"{result['memory_bound_bytes'] / MiB:.1f}"
     if any("error" in memory[v] for v in memory):
         errors = "; ".join(f"{v}: {m['error']}" for v, m in memory.items() if "error" in m)
-        return f"failed ({errors}) | | | {result['memory_bound_bytes'] / MiB:.1f}"
+        return f"failed ({errors})", "", "", bound
     plain = memory["plain"]["peak_rss_bytes"]
     extra = [(memory[v]["peak_rss_bytes"] - plain) / MiB for v in ("instrumented", "cached")]
-    return (
-        f"{plain / MiB:.1f} | {extra[0]:+.1f} | {extra[1]:+.1f} | "
-        f"{result['memory_bound_bytes'] / MiB:.1f}"
-    )
+    return f"{plain / MiB:.1f}", f"{extra[0]:+.1f}", f"{extra[1]:+.1f}", bound

@@ -34,8 +34,8 @@ from labelkeep_plugins.bench.progress import PrefixedStream, Progress
 from labelkeep_plugins.bench.store import BenchRecord, RunResult
 from labelkeep_plugins.bench.tuned import TuningOutcome, tune_cell, tune_directory
 from labelkeep_plugins.config import Config
+from labelkeep_plugins.experiments.tables import TextSink
 from labelkeep_plugins.tuning.store import RESULTS_FILE
-from labelkeep_plugins.tuning.table import TextSink
 
 TuneFunction = Callable[[Cell, BenchSettings, Path, TextSink], TuningOutcome]
 REUSED_PLAIN = (

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from labelkeep_plugins.tuning.table import TextSink
+from labelkeep_plugins.experiments.tables import TextSink
 
 
 class Progress:

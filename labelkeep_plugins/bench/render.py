@@ -1,7 +1,6 @@
 """The bench's table as plain text (terminal) and as Markdown (``results.md``, the README).
 
-Plain text on purpose: it reads the same on a terminal, in a CI log and through ``tee``,
-and needs no dependency.
+Both from the one table renderer (:mod:`labelkeep_plugins.experiments.tables`).
 """
 
 from __future__ import annotations
@@ -13,6 +12,8 @@ from typing import Any
 from labelkeep_plugins.bench.aggregate import ACCURACY_TOLERANCE, MethodSummary, Spread
 from labelkeep_plugins.bench.cells import CELLS
 from labelkeep_plugins.bench.plan import LIMIT, METHOD_LABELS, PLAIN, TUNED
+from labelkeep_plugins.experiments import tables
+from labelkeep_plugins.experiments.tables import Column
 
 HEADERS = (
     "cell",
@@ -27,6 +28,10 @@ HEADERS = (
     "mism. red. [95% CI]",
     "flip red. [95% CI]",
     "gap closed",
+)
+#: Figures read best aligned on the right; names and labels on the left.
+COLUMNS = tuple(
+    Column(header, "left" if index < 5 else "right") for index, header in enumerate(HEADERS)
 )
 TARGETS = (
     "targets (issue 5): tuned median mismatch reduction >= 2x, best cell >= 4.1x; "
@@ -69,22 +74,12 @@ def table_rows(rows: Sequence[MethodSummary]) -> list[tuple[str, ...]]:
 def text_table(rows: Sequence[MethodSummary]) -> str:
     """Aligned columns, a rule between cells."""
     body = table_rows(rows)
-    widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(HEADERS)]
-    rule = "  ".join("-" * w for w in widths)
-    out = ["  ".join(h.ljust(w) for h, w in zip(HEADERS, widths, strict=True)), rule]
-    previous = None
-    for line in body:
-        if previous is not None and line[0] != previous:
-            out.append(rule)
-        previous = line[0]
-        out.append("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
-    return "\n".join(out)
+    between_cells = [i for i in range(len(body) - 1) if body[i][0] != body[i + 1][0]]
+    return tables.text_table(COLUMNS, body, rule_after=between_cells)
 
 
 def markdown_table(rows: Sequence[MethodSummary]) -> str:
-    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
-    lines += ["| " + " | ".join(r) + " |" for r in table_rows(rows)]
-    return "\n".join(lines)
+    return tables.markdown_table(COLUMNS, table_rows(rows))
 
 
 def headline_lines(headlines: Sequence[Mapping[str, Any]]) -> list[str]:

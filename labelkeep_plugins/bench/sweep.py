@@ -29,6 +29,7 @@ from labelkeep_plugins.bench.plan import BenchSettings, RunKey, script_command
 from labelkeep_plugins.bench.sweep_table import comparison_table
 from labelkeep_plugins.config import Config, LossConfig
 from labelkeep_plugins.errors import ConfigError
+from labelkeep_plugins.log import logger
 from labelkeep_plugins.tuners.base import make_tuner
 
 RESULT_FILE = "figures.json"
@@ -150,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         keys = parse_names([options.cells] if options.cells else None, valid, "cell")
         seeds = [int(seed) for seed in options.seeds.split(",")]
     except (ConfigError, OSError, ValueError) as exc:
-        print(f"labelkeep sweep: {exc}", file=sys.stderr)
+        logger.error(f"sweep: {exc}")
         return 2
     cells = [cell for cell in CELLS if not keys or cell.key in keys]
     results = sweep(configs, cells, seeds, options.out, options.jobs, max(1, options.budget))

@@ -19,6 +19,7 @@ from labelkeep_plugins.bench.cells import LEVELS
 from labelkeep_plugins.bench.plan import RunKey
 from labelkeep_plugins.bench.render import factor, interval, signed
 from labelkeep_plugins.bench.store import RunResult
+from labelkeep_plugins.experiments.tables import Column, markdown_table
 
 Results = Mapping[tuple[str, int, str], Mapping[str, Any]]
 
@@ -34,10 +35,8 @@ def comparison_table(
     others = [name for name in names if name != baseline]
     if baseline not in names or not others:
         return []
-    lines = [
-        f"| cell | {baseline} mismatches | " + " | ".join(others) + " |",
-        "| --- " * (len(others) + 2) + "|",
-    ]
+    columns = [Column("cell"), Column(f"{baseline} mismatches"), *map(Column, others)]
+    rows = []
     verdicts: dict[str, list[tuple[str, Comparison]]] = {name: [] for name in others}
     for cell in cells:
         plain = _seeds(results, cell, baseline, seeds)
@@ -46,8 +45,8 @@ def comparison_table(
             versus = compare(plain, _seeds(results, cell, name, seeds), {})
             verdicts[name].append((cell, versus))
             entries.append(_entry(versus))
-        lines.append(f"| {cell} | {_counts(plain)} | " + " | ".join(entries) + " |")
-    return [*lines, "", *_medians(verdicts)]
+        rows.append((cell, _counts(plain), *entries))
+    return [*markdown_table(columns, rows).splitlines(), "", *_medians(verdicts)]
 
 
 def _seeds(results: Results, cell: str, name: str, seeds: Sequence[int]) -> dict[int, RunResult]:

@@ -20,10 +20,10 @@ from typing import Any
 from labelkeep_plugins.bench.cells import Cell
 from labelkeep_plugins.bench.plan import PLAIN_LOSS, BenchSettings, script_command
 from labelkeep_plugins.config import Config
+from labelkeep_plugins.experiments.tables import TextSink
 from labelkeep_plugins.tuning.search import INTERRUPTED, TuneRequest, tune
 from labelkeep_plugins.tuning.space import default_search_space
 from labelkeep_plugins.tuning.store import RESULTS_FILE
-from labelkeep_plugins.tuning.table import TextSink
 
 ALGORITHM = "tpe"
 # The user's own loss weight (so a trial can lean on the teacher, as classic KD's ce 0.1 does),

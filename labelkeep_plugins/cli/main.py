@@ -10,6 +10,7 @@ from labelkeep_plugins._version import __version__
 from labelkeep_plugins.bench.command import add_bench_command
 from labelkeep_plugins.errors import LabelkeepError
 from labelkeep_plugins.experiments.compare import add_compare_command
+from labelkeep_plugins.log import logger
 from labelkeep_plugins.tuning.commands import add_commands as add_tuning_commands
 from labelkeep_plugins.zero_code.runner import add_run_arguments, run_from_options
 
@@ -23,7 +24,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(options.handler(options))
     except LabelkeepError as exc:
-        print(f"labelkeep: error: {exc}", file=sys.stderr)
+        logger.error(f"error: {exc}")
         return 2
 
 

@@ -20,6 +20,7 @@ from typing import Any
 from labelkeep_plugins.config import Config, LossConfig, load_config
 from labelkeep_plugins.errors import LabelkeepError
 from labelkeep_plugins.experiments.objective import Measurement, measurement_from_report
+from labelkeep_plugins.experiments.tables import Column, text_table
 from labelkeep_plugins.experiments.trial import TrialRun, output_pointer, run_trial
 from labelkeep_plugins.jsonfile import write_json
 from labelkeep_plugins.zero_code.runner import check_against_plugins
@@ -107,27 +108,36 @@ def _failed(which: str, run: TrialRun, directory: Path) -> LabelkeepError:
     return LabelkeepError(f"{which}: {run.problem}")
 
 
+COMPARE_COLUMNS = (
+    Column("arm"),
+    Column("accuracy %", "right"),
+    Column("mismatches", "right"),
+    Column("negative flips", "right"),
+)
+
+
 def format_table(results: dict[str, list[Measurement]], title: str) -> str:
     """Mean ± spread per arm and the reduction factors (ratio of sums over seeds)."""
-    rows = [
-        f"{title}: {len(results['plain'])} seeds",
-        "arm        | accuracy %   | mismatches   | negative flips",
-        "-----------|--------------|--------------|---------------",
-    ]
+    rows = []
     for arm, measured in results.items():
         accuracy = [100 * m.accuracy for m in measured if m.accuracy is not None]
+        flips = [m.negative_flips for m in measured if m.negative_flips is not None]
         rows.append(
-            f"{arm:<10} | {_mean_spread(accuracy):<12} | "
-            f"{_mean_spread([m.mismatches for m in measured]):<12} | "
-            f"{_mean_spread([m.negative_flips for m in measured if m.negative_flips is not None])}"
+            (
+                arm,
+                _mean_spread(accuracy),
+                _mean_spread([m.mismatches for m in measured]),
+                _mean_spread(flips),
+            )
         )
-    rows.append(
+    lines = [f"{title}: {len(results['plain'])} seeds", text_table(COMPARE_COLUMNS, rows)]
+    lines.append(
         f"reduction (ratio of sums): mismatches {_ratio(results, 'mismatches')}, "
         f"negative flips {_ratio(results, 'negative_flips')}"
     )
     if _unmeasured(results):
-        rows.append(UNSEEN_LABELS)
-    return "\n".join(rows)
+        lines.append(UNSEEN_LABELS)
+    return "\n".join(lines)
 
 
 UNSEEN_LABELS = (

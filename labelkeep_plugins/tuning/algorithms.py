@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import logging
 import random
-import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Protocol
 
 from labelkeep_plugins.errors import ConfigError, LabelkeepError
+from labelkeep_plugins.log import logger
 from labelkeep_plugins.tuning.random_search import RandomSearch
 
 ALGORITHMS = ("tpe", "anneal", "evolution", "random")
@@ -92,10 +92,14 @@ def make_algorithm(
     try:
         tuner = _nni_tuner(name, space, seed=seed, trials=trials)
     except _NniMissing as exc:
-        (warn or _stderr)(
-            f"labelkeep: NNI is not installed ({exc}); using a built-in random search instead "
+        message = (
+            f"NNI is not installed ({exc}); using a built-in random search instead "
             f"of {name}. For NNI's algorithms: pip install 'nni>=3.0'"
         )
+        if warn is None:
+            logger.warning(message)
+        else:
+            warn(f"labelkeep: {message}")
         return RandomSearch(space, seed)
     return tuner
 
@@ -193,7 +197,3 @@ def _using(generator: random.Random) -> Iterator[None]:
 def _plain(value: Any) -> Any:
     """numpy scalars -> Python numbers, so parameter sets are JSON and YAML safe."""
     return value.item() if hasattr(value, "item") else value
-
-
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr)

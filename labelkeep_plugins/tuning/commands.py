@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from labelkeep_plugins.errors import ConfigError
+from labelkeep_plugins.log import logger
 from labelkeep_plugins.zero_code.runner import COMMAND_NOT_FOUND
 
 if TYPE_CHECKING:
@@ -113,10 +114,7 @@ def _tune(options: argparse.Namespace) -> int:
             f"unknown --algorithm {options.algorithm!r}; valid algorithms: {', '.join(ALGORITHMS)}"
         )
     if shutil.which(command[0]) is None:
-        print(
-            f"labelkeep: command not found: {command[0]!r} (check the name and PATH)",
-            file=sys.stderr,
-        )
+        logger.error(f"command not found: {command[0]!r} (check the name and PATH)")
         return COMMAND_NOT_FOUND
     request = TuneRequest(
         command=tuple(command),
@@ -138,14 +136,14 @@ def _search_space(options: argparse.Namespace) -> int:
 
     if options.check:
         read_search_space(options.check)
-        print(f"{options.check}: a valid labelkeep search space", file=sys.stderr)
+        logger.info(f"{options.check}: a valid labelkeep search space")
         return 0
     from labelkeep_plugins.config import LossConfig
     from labelkeep_plugins.tuning.space import describe_space
 
     space = _space(options)
     text = space_json(space)
-    print(f"labelkeep: {describe_space(space, LossConfig())}", file=sys.stderr)
+    logger.info(describe_space(space, LossConfig()))
     if options.out:
         Path(options.out).write_text(text, encoding="utf-8")
     else:

@@ -20,6 +20,7 @@ from typing import Any
 from labelkeep_plugins.config import Config, LossConfig
 from labelkeep_plugins.errors import ConfigError, LabelkeepError
 from labelkeep_plugins.experiments.objective import Objective, measurement_from_report, rank
+from labelkeep_plugins.experiments.tables import TextSink
 from labelkeep_plugins.experiments.trial import (
     LOG_FILE,
     REPORT_FILE,
@@ -38,7 +39,7 @@ from labelkeep_plugins.tuning.store import (
     trial_dir,
 )
 from labelkeep_plugins.tuning.summary import ALL_FAILED, finish
-from labelkeep_plugins.tuning.table import LiveTable, TextSink
+from labelkeep_plugins.tuning.table import TrialTable
 
 PLAIN_LOSS = {"weights": {"ce": 1.0}}
 DEFAULT_ALGORITHM = "tpe"
@@ -163,7 +164,7 @@ class _Search:
         stream: TextSink,
     ) -> None:
         self.request, self.settings, self.records = request, settings, records
-        self.table = LiveTable(stream, total=request.trials + 1)
+        self.table = TrialTable(stream, total=request.trials + 1)
         self.metric = settings.user_metric
         self.objective = self._objective(None)
         self.algorithm: SearchAlgorithm = make_algorithm(

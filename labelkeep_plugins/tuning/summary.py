@@ -16,7 +16,7 @@ from labelkeep_plugins.tuning.store import (
     save_results,
     trial_dir,
 )
-from labelkeep_plugins.tuning.table import LiveTable, describe, format_figure, format_parameters
+from labelkeep_plugins.tuning.table import TrialTable, describe, format_figure, format_parameters
 
 ALL_FAILED = 1
 _RANKING = "fewest mismatches per evaluated sample, then fewest negative flips, among trials "
@@ -34,7 +34,7 @@ def finish(
     records: dict[int, TrialRecord],
     objective: Objective,
     label: str,
-    table: LiveTable,
+    table: TrialTable,
 ) -> int:
     """Rank, write the results and the best configuration, print the summary; the exit code."""
     measured = {n: r.measurement for n, r in records.items() if r.measurement is not None}
@@ -125,7 +125,7 @@ def _report_best(
     records: dict[int, TrialRecord],
     objective: Objective,
     best: Ranked,
-    table: LiveTable,
+    table: TrialTable,
 ) -> None:
     table.note(_counts(records, objective))
     plain = records[0].measurement if 0 in records else None
@@ -170,7 +170,7 @@ def _counts(records: dict[int, TrialRecord], objective: Objective) -> str:
     )
 
 
-def _report_failure(out: Path, records: dict[int, TrialRecord], table: LiveTable) -> None:
+def _report_failure(out: Path, records: dict[int, TrialRecord], table: TrialTable) -> None:
     failed = [r for n, r in sorted(records.items()) if not r.ok]
     searched = [r for r in failed if r.trial > 0]
     first = (searched or failed)[0]

@@ -1,57 +1,60 @@
 """The live table ``labelkeep tune`` prints on stderr: one line per finished trial.
 
-Plain text, one line at a time, so it reads the same on a terminal, in a CI log or
-through ``tee``.
+One line at a time (:class:`~labelkeep_plugins.experiments.tables.LiveTable`), so it reads
+the same on a terminal, in a CI log or through ``tee``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any
 
 from labelkeep_plugins.experiments.objective import Measurement, Objective
+from labelkeep_plugins.experiments.tables import Column, LiveTable, TextSink
 from labelkeep_plugins.tuning.store import TrialRecord
 
 
-class TextSink(Protocol):
-    """Where the table's lines go: a text stream such as ``sys.stderr``, or anything that
-    writes and flushes like one (the bench's ``PrefixedStream``, which prefixes each line)."""
-
-    def write(self, text: str, /) -> object: ...
-
-    def flush(self) -> object: ...
-
-
-def _columns(constrained: str) -> str:
-    return (
-        f"{'progress':>9}  {'trial':>5}  {'status':<6}  {'mismatches':>18}  {'neg.flips':>9}  "
-        f"{constrained:>8}  {'best':>5}  settings"
-    )
+def _columns(total: int, constrained: str) -> list[Column]:
+    return [
+        Column("progress", "right", width=max(9, 2 * len(str(total)) + 3)),
+        Column("trial", "right", width=5),
+        Column("status", width=6),
+        Column("mismatches", "right", width=18),
+        Column("neg.flips", "right", width=9),
+        Column(constrained, "right", width=8),
+        Column("best", "right", width=5),
+        Column("settings"),
+    ]
 
 
-class LiveTable:
+class TrialTable:
     """Prints the header once, then a row as each trial ends."""
 
     def __init__(self, stream: TextSink, total: int) -> None:
         self._stream = stream
         self._total = total
-        self._started = False
+        self._table: LiveTable | None = None
 
     def note(self, text: str) -> None:
-        print(text, file=self._stream, flush=True)
+        self._stream.write(f"{text}\n")
+        self._stream.flush()
 
     def row(self, record: TrialRecord, objective: Objective, best: int | None, done: int) -> None:
-        if not self._started:
-            self.note(_columns("accuracy" if objective.metric is None else "metric"))
-            self._started = True
-        progress = f"[{done:>{len(str(self._total))}}/{self._total}]"
+        if self._table is None:
+            constrained = "accuracy" if objective.metric is None else "metric"
+            self._table = LiveTable(_columns(self._total, constrained), self._stream)
         figures = _figures(record.measurement, objective) if record.ok else ("", "", "")
-        status = _status(record, objective)
-        best_text = "-" if best is None else f"#{best}"
         settings = _settings(record) if record.ok else (record.error or "").splitlines()[0]
-        self.note(
-            f"{progress:>9}  {record.trial:>5}  {status:<6}  {figures[0]:>18}  "
-            f"{figures[1]:>9}  {figures[2]:>8}  {best_text:>5}  {settings}"
+        self._table.row(
+            [
+                f"[{done:>{len(str(self._total))}}/{self._total}]",
+                str(record.trial),
+                _status(record, objective),
+                *figures[:2],
+                figures[2],
+                "-" if best is None else f"#{best}",
+                settings,
+            ]
         )
 
 

@@ -147,5 +147,5 @@ def labelkeep_run_main(argv: Sequence[str] | None = None) -> int:
     try:
         return run_from_options(options)
     except LabelkeepError as exc:
-        print(f"labelkeep: error: {exc}", file=sys.stderr)
+        logger.error(f"error: {exc}")
         return 2
