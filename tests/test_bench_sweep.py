@@ -102,7 +102,8 @@ def test_a_failed_run_is_shown_as_failed(tmp_path, fake, capsys):
     [
         ([], "expected a JSON object"),
         ({"a": 3}, "setting 'a' must be a loss section"),
-        ({"a": {"tuner": "onlin"}}, "unknown tuner 'onlin'"),
+        ({"a": {"tuner": "onlin"}}, "setting 'a': unknown tuner 'onlin'"),
+        ({"a": {"weights": {"kdd": 1.0}}}, "setting 'a': unknown loss term 'kdd'"),
         ({"a": {"temperature": 0}}, "temperature must be a number > 0"),
     ],
 )

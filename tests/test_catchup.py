@@ -150,3 +150,23 @@ def test_state_round_trips_and_a_foreign_state_is_refused() -> None:
     with pytest.raises(ConfigError, match="interval"):
         resumed.load_state_dict({**before, "interval": 3})
     assert resumed.state_dict() == before
+
+
+def test_a_rescale_reads_no_plugin_and_builds_no_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hot path: each rescale reweights the loss it has, with no registry or validation."""
+    from labelkeep_plugins import config as config_module
+    from labelkeep_plugins import plugins
+
+    tuner = _tuner()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a rescale read the plugins or revalidated the configuration")
+
+    monkeypatch.setattr(plugins, "collect", refuse)
+    monkeypatch.setattr(plugins, "load_plugins", refuse)
+    monkeypatch.setattr(config_module, "_checked_weights", refuse)
+    torch.manual_seed(2)
+    labels = torch.randint(0, 3, (8,))
+    for _ in range(2 * UPDATE_INTERVAL + 1):
+        _step(tuner, torch.randn(8, 3), 6 * F.one_hot(labels, 3).float(), labels)
+    assert 0 < tuner.loss_config().weights["kd"] < 2.0  # it did rescale

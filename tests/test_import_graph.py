@@ -189,3 +189,18 @@ def test_only_the_table_renderer_imports_rich() -> None:
             todo.extend(graph.get(module, ()))
     assert f"{PACKAGE}.zero_code.session" in reached  # the walk follows imports
     assert f"{PACKAGE}.experiments.tables" not in reached
+
+
+ADAPTER_PACKAGES = sorted(
+    path
+    for path in (ROOT.parent / "adapters").glob("labelkeep-*/labelkeep_*")
+    if (path / "__init__.py").is_file()
+)
+
+
+@pytest.mark.parametrize("package", ADAPTER_PACKAGES, ids=lambda path: path.name)
+def test_no_adapter_has_an_import_circle(package: Path) -> None:
+    """The adapters too (NNI's adapter and its speedup patch once imported each other)."""
+    graph = import_graph(package)
+    assert graph, package
+    assert circles(graph) == []

@@ -305,3 +305,14 @@ def test_unknown_term_is_refused_before_anything_is_patched(framework) -> None:
         instrumented(Config.from_dict({"loss": {"weights": {"kdd": 1.0}}})).__enter__()
     assert current_session() is None
     assert framework.Pruner.__init__ is original
+
+
+def test_steps_an_adapter_counts_by_a_framework_route_are_reported() -> None:
+    """``counters.framework_steps`` (adapters/README.md) is the third route in ``loss_paths``."""
+    from labelkeep_plugins.zero_code.session import Session
+
+    session = Session(Config())
+    session.counters.framework_steps += 3
+    report = session.report()
+    assert report["loss_paths"] == {"loss_value": 0, "gradient": 0, "framework": 3}
+    assert report["training_steps_with_loss"] == 3

@@ -30,6 +30,7 @@ from labelkeep_plugins.bench.sweep_table import comparison_table
 from labelkeep_plugins.config import Config, LossConfig
 from labelkeep_plugins.errors import ConfigError
 from labelkeep_plugins.log import logger
+from labelkeep_plugins.plugins import check_terms
 from labelkeep_plugins.tuners.base import make_tuner
 
 RESULT_FILE = "figures.json"
@@ -46,7 +47,11 @@ def settings_from_file(path: Path) -> dict[str, Config]:
             raise ConfigError(f"{path}: setting {name!r} must be a loss section (an object)")
         loss = {key: value for key, value in spec.items() if key != "tuner"}
         config = Config(loss=LossConfig.from_value(loss), tuner=spec.get("tuner", "fixed"))
-        make_tuner(config)  # an unknown tuner name fails here, before any run
+        try:  # an unknown term or tuner name fails here, before any run
+            check_terms(config.loss)
+            make_tuner(config)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: setting {name!r}: {exc}") from exc
         configs[name] = config
     return configs
 
