@@ -204,3 +204,25 @@ def test_no_adapter_has_an_import_circle(package: Path) -> None:
     graph = import_graph(package)
     assert graph, package
     assert circles(graph) == []
+
+
+def _readme_layout() -> str:
+    text = (ROOT.parent / "README.md").read_text(encoding="utf-8")
+    section = text.split("\n## Layout\n", 1)[1]
+    return section.split("```", 2)[1]
+
+
+def test_the_readme_layout_names_every_folder_and_top_level_module() -> None:
+    """The README's Layout block and the tree agree, both ways, at the package's top level."""
+    import re
+
+    block = _readme_layout()
+    lines = [line for line in block.splitlines() if line.startswith("  ") and line[2] != " "]
+    named_folders = {m.group(1) for line in lines if (m := re.match(r"  (\w+)/", line))}
+    named_modules = {
+        name for line in lines for name in re.findall(r"(\w+)\.py", line.split("  ")[1])
+    }
+    folders = {p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file()}
+    modules = {p.stem for p in ROOT.glob("*.py")} - {"__init__", "_version"}
+    assert named_folders == folders
+    assert named_modules == modules
