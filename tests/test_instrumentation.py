@@ -316,3 +316,24 @@ def test_steps_an_adapter_counts_by_a_framework_route_are_reported() -> None:
     report = session.report()
     assert report["loss_paths"] == {"loss_value": 0, "gradient": 0, "framework": 3}
     assert report["training_steps_with_loss"] == 3
+
+
+class HalfwayAdapter(FakeAdapter):
+    """Patches one attribute, then fails: the one rollback must undo what it did."""
+
+    def install(self, session) -> None:
+        pruner = sys.modules[FAKE_MODULE].Pruner
+        self.patches.patch(pruner, "step", lambda pruner_self: None)
+        raise RuntimeError("adapter bug halfway")
+
+
+def test_an_adapter_failing_halfway_leaves_nothing_patched(framework, capsys) -> None:
+    register(HalfwayAdapter())
+    original_step = framework.Pruner.step
+    with instrumented(Config()) as session:
+        assert framework.Pruner.step is original_step  # undone at once, still in the session
+        assert session.adapters["fake"].state == "failed"
+    assert "adapter bug halfway" in capsys.readouterr().err
+    with pytest.raises(RuntimeError, match="halfway"), instrumented(Config(strict=True)):
+        pass
+    assert framework.Pruner.step is original_step and current_session() is None
