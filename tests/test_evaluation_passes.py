@@ -208,6 +208,22 @@ def test_the_same_batch_again_straight_away_stays_in_its_pass() -> None:
     ]
 
 
+def test_a_one_batch_test_set_evaluated_twice_after_eval_is_two_passes() -> None:
+    """The whole test set as one tensor, ``model.eval()`` then a forward, twice: two passes."""
+    whole = TEST_X[:100]
+    report = report_of(lambda m: (evaluate(m, [whole]), evaluate(m, [whole])))
+    assert samples(report) == (100, 200)
+    assert report["recovery_budget"][0]["evaluation_passes"] == 2
+    assert report["passes_ambiguous"] == []
+
+
+def test_a_latency_loop_over_one_batch_stays_one_pass() -> None:
+    """No eval()/train() call between the repeats: one pass whose counts grow."""
+    whole = TEST_X[:100]
+    report = report_of(lambda m: evaluate(m, [whole, whole, whole]))
+    assert samples(report) == (300, 300)
+
+
 def test_detach_restores_the_patched_methods_by_identity(student, reference_model) -> None:
     iterate, train = DataLoader.__iter__, nn.Module.train
     first = attach(student, reference_model)

@@ -16,8 +16,10 @@ over a list of batches) is taken to yield batches of one size with a smaller las
    does a batch larger than the pass's first;
 5. a batch equal to the pass's first batch (same shape and dtype, a few values and
    the sums of its first, middle and last rows), after other batches, starts a new
-   pass over the same data. The same batch evaluated several times in a row (a
-   latency loop, a test) stays one pass: its rates are one pass's, its counts grow.
+   pass over the same data. The same batch evaluated several times in a row with no
+   ``eval()``/``train()`` call between (a latency loop) stays one pass: its rates are one
+   pass's, its counts grow. With such a call between (a one-batch test set evaluated twice,
+   each time after ``model.eval()``), each evaluation is a pass.
 
 Rules 4 and 5 are left out of DataLoader passes: rule 2 already marks each of them,
 and a batch sampler's batches may vary in size. Rule 5 copies 15 numbers to the host
@@ -200,7 +202,9 @@ class PassBoundaries:
         if batch.fingerprint() != open_pass.fingerprint:
             open_pass.moved_on = True
             return False
-        return open_pass.moved_on  # the same batch again straight away is not a new pass
+        # The same batch again straight away is a new pass only after an eval()/train() call
+        # (a script evaluating a one-batch test set twice), not in a latency loop.
+        return open_pass.moved_on or open_pass.run == 0
 
     def _begin(self, batch: EvaluationBatch | None, loader_fed: bool) -> _OpenPass:
         self.passes += 1
