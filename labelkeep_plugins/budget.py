@@ -4,7 +4,10 @@ The gain of the label-preserving loss grows with the recovery budget: if mismatc
 with the reference are still falling when recovery ends, more steps would likely cut
 them further. A few passes of a few hundred samples are noisy, so the trend is a
 weighted least-squares slope of the mismatch rate, each pass weighted by its binomial
-counting variance, and only a slope beyond ``z`` standard errors counts as a trend.
+counting variance, and only a slope beyond ``z`` standard errors counts as a trend;
+"falling" also needs the last pass below the one before it (the fall goes on to the end).
+A rise beyond counting noise from one pass to the next is no part of recovery (a new
+compression step of iterative pruning): only the passes after the last such rise are judged.
 
 Pure arithmetic on per-pass counts (no torch), so it can judge any recorded history.
 """
@@ -80,11 +83,17 @@ def mismatch_trend(
     if not passes:
         return _untested(NO_PASSES, [], 0, f"the script ran no evaluation pass; {_ADVICE}")
     series = _series(passes)
-    used = series[-window:]
+    jump = last_jump_up(series, z)
+    used = series[jump:][-window:]
     if len(used) < MIN_PASSES:
-        return _untested(TOO_FEW_PASSES, used, len(passes), _too_few(passes))
+        message = _too_few(passes) if jump == 0 else _too_few_after_jump(series, jump)
+        return _untested(TOO_FEW_PASSES, used, len(passes), message)
     slope, error = weighted_slope([(p.mismatches, p.samples) for p in used])
-    status = FALLING if slope < -z * error else RISING if slope > z * error else FLAT
+    status = FLAT
+    if slope < -z * error and _rate(used[-1]) < _rate(used[-2]):  # and falling to the end
+        status = FALLING
+    elif slope > z * error:
+        status = RISING
     mixed = len(series) < len(passes)
     message = _trend_message(status, used, mixed=mixed)
     return _verdict(status, used, len(passes), message, mixed=mixed, slope=(slope, error))
@@ -102,14 +111,38 @@ def weighted_slope(counts: Sequence[tuple[int, int]]) -> tuple[float, float]:
         raise ValueError("a slope needs at least two passes")
     points = []
     for index, (mismatches, samples) in enumerate(counts):
-        p = (mismatches + 1) / (samples + 2)
-        points.append((index, mismatches / samples, samples / (p * (1 - p))))
+        count = PassCount(index, samples, mismatches)
+        points.append((index, _rate(count), 1 / _rate_variance(count)))
     total = sum(w for _, _, w in points)
     x_mean = sum(w * x for x, _, w in points) / total
     y_mean = sum(w * y for _, y, w in points) / total
     sxx = sum(w * (x - x_mean) ** 2 for x, _, w in points)
     sxy = sum(w * (x - x_mean) * (y - y_mean) for x, y, w in points)
     return sxy / sxx, 1 / math.sqrt(sxx)
+
+
+def last_jump_up(series: Sequence[PassCount], z: float = 2.0) -> int:
+    """Index of the last pass whose rate rose over its predecessor's beyond ``z`` errors; 0 if none.
+
+    Recovery does not do that: a new compression step (iterative pruning) does, or a pass
+    over other data of the same size. The passes before it belong to another model.
+    """
+    for index in range(len(series) - 1, 0, -1):
+        before, after = series[index - 1], series[index]
+        spread = math.sqrt(_rate_variance(before) + _rate_variance(after))
+        if _rate(after) - _rate(before) > z * spread:
+            return index
+    return 0
+
+
+def _rate(count: PassCount) -> float:
+    return count.mismatches / count.samples
+
+
+def _rate_variance(count: PassCount) -> float:
+    """Binomial p(1-p)/n with p = (m+1)/(n+2): no pass is ever noiseless."""
+    p = (count.mismatches + 1) / (count.samples + 2)
+    return p * (1 - p) / count.samples
 
 
 def _series(passes: list[PassCount]) -> list[PassCount]:
@@ -165,6 +198,16 @@ def _too_few(passes: list[PassCount]) -> str:
     return (
         f"the script evaluated {count} times but on data of different sizes ({sizes} samples); "
         "evaluate the same data after each epoch to learn whether a longer recovery would help"
+    )
+
+
+def _too_few_after_jump(series: Sequence[PassCount], jump: int) -> str:
+    before, after = series[jump - 1], series[jump]
+    return (
+        f"mismatches with the reference rose from {before.mismatches} to {after.mismatches} "
+        f"of {after.samples} samples at evaluation pass {after.pass_id} (a new compression "
+        f"step?), and {len(series) - jump} pass(es) followed: too few to judge whether a "
+        "longer recovery would help; evaluate after each epoch of the last recovery"
     )
 
 

@@ -66,7 +66,27 @@ def test_only_the_last_window_of_passes_is_judged() -> None:
     verdict = mismatch_trend(passes(90, 70, 55, 40, 30, 29, 31, 30, 29, 30))
     assert verdict.status == "flat"
     assert verdict.mismatches == (30, 29, 31, 30, 29, 30)[-5:]
-    assert mismatch_trend(passes(90, 70, 55, 40, 30, 29, 31), window=7).status == "falling"
+    assert mismatch_trend(passes(90, 70, 55, 40, 30, 29, 27), window=7).status == "falling"
+    # Over 7 passes the slope is steep, but the last pass rose: the fall did not go on.
+    assert mismatch_trend(passes(90, 70, 55, 40, 30, 29, 31), window=7).status == "flat"
+
+
+def test_iterative_pruning_is_judged_after_its_last_compression_step() -> None:
+    """Evaluations right after each pruner.step() jump up; recovery never does."""
+    verdict = mismatch_trend(passes(487, 10, 467, 24, 24))
+    assert verdict.status == "flat" and verdict.mismatches == (467, 24, 24)
+    still = mismatch_trend(passes(487, 10, 467, 60, 40, 25))
+    assert still.status == "falling" and still.mismatches == (467, 60, 40, 25)
+
+
+def test_too_few_passes_after_the_last_rise_are_said_to_be_too_few() -> None:
+    verdict = mismatch_trend(passes(487, 10, 9, 467, 300))
+    assert verdict.status == "too_few_passes" and verdict.mismatches == (467, 300)
+    assert "rose from 9 to 467 of 540 samples at evaluation pass 4" in verdict.message
+
+
+def test_a_rise_within_counting_noise_is_no_jump() -> None:
+    assert mismatch_trend(passes(60, 50, 55, 41, 33, 27), window=6).status == "falling"
 
 
 @pytest.mark.parametrize("count, word", [(1, "1 time"), (2, "2 times")])
