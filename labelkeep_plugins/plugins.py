@@ -107,15 +107,16 @@ def load_plugins(*, strict: bool = False) -> pluggy.PluginManager:
 
     A plugin whose import fails is skipped with a warning (``strict=True`` raises
     :class:`PluginError` instead) and listed by :func:`plugin_failures`. A strict call
-    after a lenient one (validating a configuration loads the plugins) raises for the
-    failures the lenient one skipped, so ``--strict`` is never answered from a cache.
+    after a lenient one raises for the failures the lenient one skipped, so ``--strict`` is
+    never answered from a cache. Under ``strict``, an allow-list name
+    (``LABELKEEP_PLUGINS``) that matches no installed plugin is an error too.
     """
     global _loaded
     pm = get_plugin_manager()
     with _lock:
         if _loaded:
-            if strict and _failures:
-                raise PluginError(_failures[0].message)
+            if strict:
+                _raise_for_what_was_skipped()
             return pm
         for module_name in DEFAULT_PLUGINS:
             if pm.get_plugin(module_name) is None:
@@ -178,17 +179,33 @@ def _load_entry_points(pm: pluggy.PluginManager, *, strict: bool) -> None:
     found = list(entry_points(group=ENTRY_POINT_GROUP))
     selection = EntryPointSelection(False, frozen, tuple(ep.name for ep in found))
     _selection[:] = [selection]
-    for line in unknown_name_lines(
+    for line in _unknown_allowed(selection):
+        if strict:
+            raise PluginError(line)
+        logger.warning(line)
+    for entry_point in found:
+        if selection.allows(entry_point.name):
+            _load_entry_point(pm, entry_point, strict=strict)
+
+
+def _unknown_allowed(selection: EntryPointSelection) -> list[str]:
+    """A line for each allow-listed name that matches no installed plugin."""
+    return unknown_name_lines(
         ALLOW_LIST_ENV,
         selection.unknown,
         selection.installed,
         kind="plugin",
         effect="loads nothing",
-    ):
-        logger.warning(line)
-    for entry_point in found:
-        if selection.allows(entry_point.name):
-            _load_entry_point(pm, entry_point, strict=strict)
+    )
+
+
+def _raise_for_what_was_skipped() -> None:
+    """A strict call after a lenient load: what that load let pass is an error now."""
+    if _failures:
+        raise PluginError(_failures[0].message)
+    for selection in _selection:
+        for line in _unknown_allowed(selection):
+            raise PluginError(line)
 
 
 def _load_entry_point(pm: pluggy.PluginManager, entry_point: EntryPoint, *, strict: bool) -> None:

@@ -250,8 +250,10 @@ def test_allow_list(fake_entry_points, monkeypatch):
 
 def test_allow_list_with_spaces_and_unknown_names(fake_entry_points, monkeypatch):
     monkeypatch.setenv("LABELKEEP_PLUGINS", " nothing , good ,")
-    pm = plugins.load_plugins(strict=True)
-    assert pm.get_plugin("good") is not None
+    pm = plugins.load_plugins()
+    assert pm.get_plugin("good") is not None and pm.get_plugin("bad") is None
+    with pytest.raises(PluginError, match="'nothing'"):  # under strict, the unknown name stops it
+        plugins.load_plugins(strict=True)
 
 
 @pytest.mark.parametrize(
@@ -289,6 +291,17 @@ def test_an_unknown_allow_list_name_is_said_once_with_the_known_ones(
     ]
     selection = plugins.plugin_selection()
     assert selection.unknown == ["doesnotexist"] and selection.left_out == ["bad", "good"]
+
+
+def test_an_unknown_allow_list_name_is_an_error_under_strict(fake_entry_points, monkeypatch):
+    """--strict with LABELKEEP_PLUGINS=typo must not run with no adapter, answering exit 0."""
+    monkeypatch.setenv("LABELKEEP_PLUGINS", "goood")
+    with pytest.raises(PluginError, match=r"names .goood., which is no installed plugin"):
+        plugins.load_plugins(strict=True)
+    plugins.reset_plugins()
+    plugins.load_plugins()  # lenient first: one line, and on
+    with pytest.raises(PluginError, match="'goood'"):
+        plugins.load_plugins(strict=True)  # then strict: not answered from the cache
 
 
 def test_only_the_unknown_names_of_an_allow_list_are_named(fake_entry_points, monkeypatch, capsys):
