@@ -95,7 +95,7 @@ class MaskWatch:
 def _regrown(model: nn.Module, pruned: Masks) -> list[str] | None:
     """Parameters whose pruned positions hold non-zero values; None if the structure changed."""
     found: list[str] = []
-    for (module_name, target), positions in pruned.items():
+    for (module_name, target), positions in sorted(pruned.items()):  # one order every run
         try:
             module = model.get_submodule(module_name)
         except AttributeError:

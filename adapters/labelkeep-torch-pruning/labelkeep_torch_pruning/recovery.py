@@ -33,10 +33,11 @@ from labelkeep_plugins.zero_code.adapter_api import (
 Guard = Callable[[], AbstractContextManager[None]]
 
 EVAL_MODE_MESSAGE = (
-    "the pruned model is being trained in eval mode: torch-pruning's tracer calls model.eval() "
-    "when a pruner is built (DependencyGraph._trace) and never restores the mode. Batch-norm "
-    "statistics stay frozen, and labelkeep reads eval-mode forwards as evaluation, so these "
-    "steps get no label-preserving loss. Call model.train() before fine-tuning."
+    "the pruned model is being trained in eval mode (torch-pruning's tracer calls model.eval() "
+    "when a pruner is built, DependencyGraph._trace, and never restores the mode; an evaluation "
+    "function that calls model.eval() does the same). Batch-norm statistics stay frozen, and "
+    "labelkeep reads eval-mode forwards as evaluation, so these steps get no label-preserving "
+    "loss and count in the agreement figures. Call model.train() before each training epoch."
 )
 
 
