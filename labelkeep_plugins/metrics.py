@@ -264,6 +264,11 @@ class AgreementMeter:
         return self._counts["samples"]
 
     @property
+    def num_classes(self) -> int | None:
+        """The class count of the logits seen (None before any, or with labels only)."""
+        return self._num_classes
+
+    @property
     def counts(self) -> Mapping[str, int]:
         """The running tallies (samples, mismatches, labelled, negative_flips, ...), read-only."""
         return MappingProxyType(self._counts)

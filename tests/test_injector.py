@@ -628,6 +628,29 @@ def test_copies_of_an_attached_student_carry_no_loss(student, reference_model, b
     handle.detach()
 
 
+def test_a_trained_copy_says_once_that_it_gets_no_loss(
+    student, reference_model, batch, monkeypatch, caplog
+):
+    """Inert is not silent: the first backward through a copy's output tells, once."""
+    from labelkeep_plugins.injector.forward_hook import COPY_TRAINED, InertHook
+
+    monkeypatch.setattr(InertHook, "told", False)
+    x, y = batch
+    handle = attach(student, reference_model)
+    clone = copy.deepcopy(student)
+    with caplog.at_level("WARNING", logger="labelkeep"):
+        clone.eval()
+        clone(x)  # a forward alone (a checkpoint evaluated) proves nothing
+        with torch.no_grad():
+            clone.train()(x)
+        assert COPY_TRAINED not in caplog.text
+        for _ in range(2):
+            F.cross_entropy(clone(x), y).backward()
+    assert caplog.text.count(COPY_TRAINED) == 1
+    assert handle.stats.forwards == 0
+    handle.detach()
+
+
 def test_last_pass_meter_keeps_only_the_latest_evaluation_pass(student, reference_model, batch):
     x, y = batch
     handle = attach(student, reference_model)

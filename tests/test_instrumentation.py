@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import sys
 import types
 
@@ -337,3 +338,66 @@ def test_an_adapter_failing_halfway_leaves_nothing_patched(framework, capsys) ->
     with pytest.raises(RuntimeError, match="halfway"), instrumented(Config(strict=True)):
         pass
     assert framework.Pruner.step is original_step and current_session() is None
+
+
+def test_a_reference_with_no_trained_step_is_said_at_exit(framework, caplog) -> None:
+    """The silent failure of a fine-tuning that trained a copy: the report and one line say it."""
+    from labelkeep_plugins.zero_code import report as reporters
+    from labelkeep_plugins.zero_code.exit_notices import NEVER_TRAINED_START
+
+    register(FakeAdapter())
+    model = nn.Sequential(nn.Linear(4, 3))
+    with instrumented(Config()) as session:
+        framework.Pruner(model).step()
+        train_steps(copy.deepcopy(model), 2)  # the copy trains; the attached model does not
+        report = session.report()
+    (notice,) = [w for w in report["warnings"] if w.startswith(NEVER_TRAINED_START)]
+    assert "of Sequential (Pruner.__init__), but no training step got" in notice
+    with caplog.at_level("WARNING", logger="labelkeep"):
+        reporters.tell_exit_notices(report)
+    assert notice in caplog.text
+    with instrumented(Config()) as session:
+        framework.Pruner(model2 := nn.Sequential(nn.Linear(4, 3))).step()
+        train_steps(model2, 1)
+        assert not any(w.startswith(NEVER_TRAINED_START) for w in session.report()["warnings"])
+
+
+def test_a_scripts_own_attach_is_not_called_no_compression() -> None:
+    """attach() in a script under labelkeep-run: the report points to its handle instead."""
+    from labelkeep_plugins import attach, snapshot_reference
+    from labelkeep_plugins.zero_code.exit_notices import NO_COMPRESSION_SEEN, OWN_ATTACHES_START
+
+    with instrumented(Config()) as session:
+        assert session.report()["warnings"] == [NO_COMPRESSION_SEEN]
+        model = nn.Sequential(nn.Linear(4, 3))
+        handle = attach(model, snapshot_reference(model))
+        train_steps(model, 1)
+        (notice,) = session.report()["warnings"]
+        assert notice.startswith(f"{OWN_ATTACHES_START} 1 model(s) itself")
+        handle.detach()
+
+
+@pytest.mark.parametrize("trained", [False, True])
+def test_a_reference_near_chance_is_said_to_look_untrained(trained: bool) -> None:
+    """QAT from scratch: the reference taken at the first step is a random network."""
+    from labelkeep_plugins import snapshot_reference
+    from labelkeep_plugins.zero_code.exit_notices import UNTRAINED_START
+    from labelkeep_plugins.zero_code.session import Session
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 10))
+    session = Session(Config())
+    session.attach(model, snapshot_reference(model))
+    train_steps(model, 1)
+    x = torch.randn(200, 4, generator=torch.Generator().manual_seed(1))
+    labels = model(x).argmax(1) if trained else torch.arange(200) % 10  # chance: about 10%
+    model.eval()
+    with torch.no_grad():
+        nn.functional.cross_entropy(model(x), labels)  # the script's evaluation sees labels
+    notices = [w for w in session.report()["warnings"] if w.startswith(UNTRAINED_START)]
+    session.detach_all()
+    if trained:
+        assert notices == []
+    else:
+        (notice,) = notices
+        assert "Sequential scored" in notice and "near chance for 10 classes" in notice

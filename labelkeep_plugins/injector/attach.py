@@ -62,6 +62,12 @@ class InjectionStats:
 ErrorHandler = Callable[["InjectionHandle", Exception], None]
 
 _attached: weakref.WeakKeyDictionary[nn.Module, InjectionHandle] = weakref.WeakKeyDictionary()
+_standalone = [0]  # handles made by attach() (and LabelPreservingLoss) in this process
+
+
+def standalone_attaches() -> int:
+    """How many handles :func:`attach` made in this process (a session's are not counted)."""
+    return _standalone[0]
 
 
 def _contained(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -352,13 +358,15 @@ def attach(
     ``base + scale * 1[reference correct]``) or a whole ``loss`` config.
     """
     config = loss if loss is not None else loss_config(weights, temperature, focal)
-    return InjectionHandle(
+    handle = InjectionHandle(
         student,
         as_reference(reference),
         LossComposer(config),
         logits=logits,
         train_mode_only=train_mode_only,
     )
+    _standalone[0] += 1
+    return handle
 
 
 def loss_config(

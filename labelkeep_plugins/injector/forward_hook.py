@@ -2,17 +2,30 @@
 
 A bound method registered as a hook drags its handle (and with it the reference and
 the plugin manager) into ``copy.deepcopy(student)`` or ``torch.save(student)`` and
-fails there; the copy of this object is an inert hook instead.
+fails there; the copy of this object is an inert hook instead. Inert, but not silent:
+a copy that is trained (a backward through its output) gets no label-preserving loss,
+and the first one in a process says so.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
+
+import torch
+
+from labelkeep_plugins.log import logger
+
+COPY_TRAINED = (
+    "a copy of a model labelkeep attached (copy.deepcopy, or torch.save then torch.load) is "
+    "being trained: labelkeep's loss stays on the model it attached, so this training gets "
+    "none. Train that model object itself, or attach the copy: "
+    "labelkeep_plugins.attach(copy, reference)"
+)
 
 
 class ForwardHook:
-    """Calls the handle's forward callback; copies and pickles of it do nothing."""
+    """Calls the handle's forward callback; copies and pickles of it are inert hooks."""
 
     def __init__(self, callback: Callable[..., None]) -> None:
         self._callback = callback
@@ -28,7 +41,31 @@ class ForwardHook:
 
 
 class InertHook:
-    """What a copied student carries in place of labelkeep's hook."""
+    """What a copied student carries in place of labelkeep's hook: adds nothing, tells once."""
+
+    told: ClassVar[bool] = False  # one line per process, whichever copy trains first
 
     def __call__(self, *args: Any) -> None:
-        return None
+        if InertHook.told or not torch.is_grad_enabled():
+            return
+        output = _first_tensor_with_grad(args[-1] if args else None)
+        if output is not None:
+            output.register_hook(_tell_copy_trained)
+
+
+def _tell_copy_trained(grad: torch.Tensor) -> None:
+    if not InertHook.told:
+        InertHook.told = True
+        logger.warning(COPY_TRAINED)
+
+
+def _first_tensor_with_grad(output: Any) -> torch.Tensor | None:
+    """The forward's output tensor (or the first in a tuple or mapping) that needs a gradient."""
+    if isinstance(output, torch.Tensor):
+        return output if output.requires_grad else None
+    values = output.values() if isinstance(output, Mapping) else output
+    if isinstance(values, Sequence) or isinstance(output, Mapping):
+        for value in values:
+            if isinstance(value, torch.Tensor) and value.requires_grad:
+                return value
+    return None

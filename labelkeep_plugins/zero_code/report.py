@@ -10,7 +10,15 @@ from labelkeep_plugins.budget import FALLING
 from labelkeep_plugins.hookspecs import hookimpl
 from labelkeep_plugins.jsonfile import write_json_or_tell
 from labelkeep_plugins.log import logger
-from labelkeep_plugins.zero_code.session import NO_COMPRESSION_SEEN
+from labelkeep_plugins.zero_code.exit_notices import (
+    NEVER_TRAINED_START,
+    NO_COMPRESSION_SEEN,
+    OWN_ATTACHES_START,
+    UNTRAINED_START,
+)
+
+#: The notices of a run where labelkeep did nothing, or nothing useful: told once, at exit.
+EXIT_NOTICES = (NO_COMPRESSION_SEEN, NEVER_TRAINED_START, OWN_ATTACHES_START, UNTRAINED_START)
 
 if TYPE_CHECKING:
     from labelkeep_plugins.zero_code.report_schema import ActiveRunReport, RunReport
@@ -19,15 +27,18 @@ if TYPE_CHECKING:
 @hookimpl
 def labelkeep_run_finished(report: ActiveRunReport, path: Path | None) -> None:
     tell_recovery_budget(report)
-    tell_no_compression(report)
+    tell_exit_notices(report)
     if path is not None:
         write_json_or_tell(path, report)
 
 
-def tell_no_compression(report: RunReport) -> None:
-    """One stderr line at exit when labelkeep had nothing to do in the command's process."""
-    if os.environ.get("RANK", "0") == "0" and NO_COMPRESSION_SEEN in (report.get("warnings") or ()):
-        logger.warning(NO_COMPRESSION_SEEN)
+def tell_exit_notices(report: RunReport) -> None:
+    """One stderr line each at exit: nothing to do, nothing trained, an untrained reference."""
+    if os.environ.get("RANK", "0") != "0":
+        return
+    for warning in report.get("warnings") or ():
+        if warning.startswith(EXIT_NOTICES):
+            logger.warning(warning)
 
 
 def tell_recovery_budget(report: ActiveRunReport) -> None:

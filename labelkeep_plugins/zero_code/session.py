@@ -25,6 +25,7 @@ from labelkeep_plugins.metrics import AgreementMeter
 from labelkeep_plugins.plugins import load_plugins
 from labelkeep_plugins.reference.snapshot import checksum, snapshot_reference, unwrap_model
 from labelkeep_plugins.tuners.base import make_tuner
+from labelkeep_plugins.zero_code.exit_notices import exit_notices, standalone_attaches
 
 if TYPE_CHECKING:
     from labelkeep_plugins.injector.attach import InjectionHandle
@@ -99,6 +100,7 @@ class Session:
             weakref.WeakKeyDictionary()
         )
         self._all_handles: list[InjectionHandle] = []
+        self._standalone_before = standalone_attaches()
         self._plugin_manager = load_plugins()
         self._hooks = self._plugin_manager.hook
 
@@ -197,9 +199,10 @@ class Session:
         for handle in reversed(self._all_handles):
             handle.detach()
 
-    def _silence(self) -> list[str]:
-        """The notice a run gets when labelkeep saw nothing to do (said, not stored)."""
-        return [] if self._records or self._all_handles else [NO_COMPRESSION_SEEN]
+    def _exit_notices(self, trained_steps: int) -> list[str]:
+        """Notices of a run where labelkeep did nothing, or nothing useful (said at exit)."""
+        own = standalone_attaches() - self._standalone_before
+        return exit_notices(self._records, self._all_handles, own, trained_steps)
 
     def report(self) -> ActiveRunReport:
         """The JSON-serialisable run report (its shape: :mod:`.report_schema`).
@@ -223,6 +226,7 @@ class Session:
             via_value += handle.stats.via_loss_value
             via_gradient += handle.stats.via_gradient
         steps = self.counters.framework_steps
+        trained = steps + via_value + via_gradient
         references = [record.as_dict() for record in self._records]
         return {
             "labelkeep_version": __version__,
@@ -231,7 +235,7 @@ class Session:
             "tuner": self.tuner.state_dict(),
             "adapters": [status.as_dict() for status in self.adapters.values()],
             "references": references,
-            "training_steps_with_loss": steps + via_value + via_gradient,
+            "training_steps_with_loss": trained,
             "loss_paths": {"loss_value": via_value, "gradient": via_gradient, "framework": steps},
             "reference_intact": all(r["intact"] for r in references) if references else None,
             "agreement": _computed(last),
@@ -244,17 +248,12 @@ class Session:
                 if h.reference_cache
             ],
             "failures": list(self.counters.failures),
-            "warnings": [*self.counters.warnings, *self._silence()],
+            "warnings": [
+                *self.counters.warnings,
+                *self._exit_notices(steps + via_value + via_gradient),
+            ],
             "crashed": self.crashed,
         }
-
-
-NO_COMPRESSION_SEEN = (
-    "no compression was seen: no adapter took a reference and no model was attached, so "
-    "labelkeep added nothing. It looks for NNI compressors, torch-pruning pruners and Brevitas' "
-    "quantize calls (labelkeep plugins lists the adapters); for a loop of your own, use "
-    "labelkeep_plugins.LabelPreservingLoss or labelkeep_plugins.attach()"
-)
 
 
 def _reference_cache(config: Config) -> Any:

@@ -34,6 +34,7 @@ from labelkeep_plugins import (
     plugins,
 )
 from labelkeep_plugins.zero_code import adapters as host_adapters
+from labelkeep_plugins.zero_code.exit_notices import NEVER_TRAINED_START
 from labelkeep_plugins.zero_code.instrument import instrument, instrumented, uninstrument
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -292,8 +293,9 @@ def test_warns_once_when_fine_tuning_in_eval_mode(capsys: pytest.CaptureFixture[
         pruner.step()
         finetune(model, x, y, 3, train_mode=False)  # forgot model.train()
         assert with_loss(session, model) == 0
-        [warning] = session.report()["warnings"]
+        warning, silence = session.report()["warnings"]
     assert warning.startswith("torch-pruning: ") and "Call model.train()" in warning
+    assert silence.startswith(NEVER_TRAINED_START)  # and the run as a whole got no loss
     assert capsys.readouterr().err.count("Call model.train()") == 1
 
 
