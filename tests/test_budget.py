@@ -293,6 +293,17 @@ def test_no_exit_line_unless_falling(capsys: pytest.CaptureFixture[str]) -> None
 
 def test_exit_line_with_several_falling_students(capsys: pytest.CaptureFixture[str]) -> None:
     falling = {"status": "falling", "message": "still falling"}
-    report = {"recovery_budget": [{"student": "A", **falling}, {"student": "B", **falling}]}
+    report = {
+        "recovery_budget": [{"student": "A", **falling}, {"student": "B", **falling}],
+        "training_steps_with_loss": 4,
+    }
     reporters.labelkeep_run_finished(report=report, path=None)
     assert capsys.readouterr().err == "labelkeep: A: still falling (and 1 other model(s))\n"
+
+
+def test_no_exit_line_when_no_step_was_trained_with_the_loss(capsys) -> None:
+    """Training in eval mode is read as evaluation: its "passes" say nothing of recovery."""
+    falling = {"student": "A", "status": "falling", "message": "still falling"}
+    report = {"recovery_budget": [falling], "training_steps_with_loss": 0}
+    reporters.tell_recovery_budget(report)
+    assert capsys.readouterr().err == ""

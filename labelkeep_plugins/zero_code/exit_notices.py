@@ -54,9 +54,9 @@ def never_trained(records: Sequence[ReferenceRecord]) -> str:
     """A reference was taken, but no training step got the loss: say it, with the usual causes."""
     models = ", ".join(sorted({f"{r.model_type} ({r.where})" for r in records})) or "a model"
     return (
-        f"{NEVER_TRAINED_START} of {models}, but no training step got the label-preserving loss: "
-        "the fine-tuning trained another object (a copy: copy.deepcopy, torch.save then "
-        "torch.load), ran in eval mode or under no_grad, or never ran"
+        f"{NEVER_TRAINED_START}, though a reference of {models} was taken: the fine-tuning "
+        "trained another object (a copy: copy.deepcopy, torch.save then torch.load), ran in "
+        "eval mode or under no_grad, or never ran"
     )
 
 
@@ -84,7 +84,7 @@ def untrained_reference(handle: InjectionHandle) -> str:
 MIN_LABELLED_TO_JUDGE = 100  # fewer labelled samples cannot tell a weak model from chance
 CHANCE_FACTOR = 1.5  # below 1.5x chance accuracy the reference has learnt (nearly) nothing
 UNTRAINED_START = "labelkeep's reference of"
-NEVER_TRAINED_START = "labelkeep took a reference"
+NEVER_TRAINED_START = "no training step got the label-preserving loss"
 OWN_ATTACHES_START = "the script attached"
 
 NO_COMPRESSION_SEEN = (

@@ -47,8 +47,8 @@ def tell_recovery_budget(report: ActiveRunReport) -> None:
     Said once per command: under DDP each rank judges its own share of the data, and rank 0
     speaks for them all.
     """
-    if os.environ.get("RANK", "0") != "0":
-        return
+    if os.environ.get("RANK", "0") != "0" or not report.get("training_steps_with_loss"):
+        return  # without a step trained with the loss, the passes may be training read as such
     falling = [
         verdict
         for verdict in report.get("recovery_budget") or ()
