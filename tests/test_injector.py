@@ -201,8 +201,8 @@ def user_criterion(
 CUSTOM_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "mse_softmax": lambda logits, y: F.mse_loss(logits.softmax(dim=1), one_hot(y)),
     "hand_nll": lambda logits, y: -logits.log_softmax(dim=1).gather(1, y[:, None]).mean(),
-    # nll_loss is patched, but its input is not the captured logits: still the gradient path
-    "log_softmax_then_nll": lambda logits, y: F.nll_loss(logits.log_softmax(dim=1), y),
+    # nll_loss on a log_softmax of other than the logits themselves: the gradient path
+    "nll_of_scaled_log_softmax": lambda logits, y: F.nll_loss((logits / 2).log_softmax(dim=1), y),
 }
 
 
@@ -242,6 +242,48 @@ def test_single_forward_matches_explicit_loss(
     assert stats["training_forwards"] == 1
     assert stats["via_loss_value"] == 1
     assert stats["via_gradient"] == 0
+
+
+def nll_of_log_softmax(logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean"):
+    """Cross-entropy written out, as many scripts do (and NNI's and Brevitas' examples)."""
+    return F.nll_loss(F.log_softmax(logits, dim=1), y, reduction=reduction)
+
+
+@pytest.mark.parametrize("config", list(CONFIGS))
+@pytest.mark.parametrize("finish", list(FINISHES))
+def test_nll_loss_of_log_softmax_takes_the_loss_value_path(
+    student, reference_model, batch, finish, config
+):
+    """The terms ride on the user's nll_loss, computed on the logits the log_softmax read."""
+    x, y = batch
+    attach_kwargs, loss_config = loss_setup(config)
+    reduction, then = FINISHES[finish]
+    reference = snapshot_reference(reference_model)
+    explicit = Explicit(reference, loss_config)
+
+    def user(model: nn.Module) -> None:  # the logits tensor is freed before nll_loss runs
+        then(F.nll_loss(F.log_softmax(model(x), dim=1), y, reduction=reduction)).backward()
+
+    def combined(model: nn.Module) -> None:
+        then(explicit.ce(model(x), x, y, reduction, nll_of_log_softmax)).backward()
+
+    got, stats = run_injected(student, reference, user, **attach_kwargs)
+    assert_grads_equal(got, run(student, combined))
+    assert_grads_differ(got, run(student, user))
+    assert (stats["via_loss_value"], stats["via_gradient"]) == (1, 0)
+
+
+def test_an_nll_of_log_softmax_evaluation_gives_its_labels(student, reference_model, batch):
+    """Under no_grad there is no graph: the log_softmax is matched by its values."""
+    x, y = batch
+    handle = attach(student, reference_model)
+    student.eval()
+    with torch.no_grad():
+        nll_of_log_softmax(student(x), y)
+        nll_of_log_softmax(student(x) / 2, y)  # not the logits' log_softmax: no labels from it
+    counts = handle.meter.counts
+    assert counts["samples"] == 2 * len(y) and counts["labelled"] == len(y)
+    handle.detach()
 
 
 def test_attach_with_a_loss_config_equals_keyword_pieces(student, reference_model, batch):

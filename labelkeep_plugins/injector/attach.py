@@ -253,6 +253,11 @@ class InjectionHandle:
         self, logits: torch.Tensor, target: torch.Tensor, loss: torch.Tensor, reduction: str
     ) -> torch.Tensor | None:
         entry = self._registry.find(logits)
+        raw = logits
+        if entry is None and self._attached and not self._muted:
+            found = self._registry.find_through_log_softmax(logits)  # nll_loss(log_softmax(z))
+            if found is not None:
+                entry, raw = found
         if entry is None or self._muted or not self._attached:
             return None
         if not entry.training:
@@ -260,9 +265,7 @@ class InjectionHandle:
             return None
         if not torch.is_grad_enabled():
             return None
-        extra, values = self.composer.extra_per_sample(
-            logits, entry.reference, target, checked=True
-        )
+        extra, values = self.composer.extra_per_sample(raw, entry.reference, target, checked=True)
         extra = self._with_function_matching(entry, extra, values)
         if not entry.handled:  # several calls on one forward (mixup) count as one step
             entry.handled = True
