@@ -140,6 +140,30 @@ def test_strict_bootstrap_stops_before_the_script(tmp_path: Path, script: Path) 
     assert "temperature" in line and "strict mode" in line
 
 
+@pytest.mark.parametrize("where", ["runner", "bootstrap"])
+def test_strict_refusal_still_writes_the_inactive_report(
+    tmp_path: Path, script: Path, where: str
+) -> None:
+    """Strict mode stops before the script, and the report asked for says why."""
+    (tmp_path / "labelkeep.yaml").write_text(BAD_CONFIG)
+    if where == "runner":  # the runner's own check refuses to start the command
+        args = labelkeep_run("--strict", "--report", "r.json", sys.executable, str(script))
+        result = run(args, tmp_path)
+    else:  # the process's own check (a torchrun rank speaks for itself: RANK is set)
+        env = {
+            "LABELKEEP_AUTO": "1",
+            "LABELKEEP_STRICT": "1",
+            "LABELKEEP_REPORT": str(tmp_path / "r.json"),
+            "PYTHONPATH": str(BOOTSTRAP_DIR),
+            "RANK": "0",
+        }
+        result = run([sys.executable, str(script)], tmp_path, **env)
+    assert result.returncode == 2 and "script started" not in result.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["active"] is False and "temperature" in report["error"]
+    assert report["config_file"] == str(tmp_path / "labelkeep.yaml")
+
+
 # --- 4. signals -----------------------------------------------------------------------------
 
 

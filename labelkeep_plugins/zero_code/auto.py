@@ -165,11 +165,7 @@ def run_without_labelkeep(exc: Exception, source: Path | None) -> None:
     if isinstance(exc, ConfigError) and source is not None:
         fix = f"fix the file, or {fix}"
     path = report_path(os.environ.get(REPORT_ENV))
-    written = (
-        path is not None
-        and speaks_for_command()
-        and write_json_or_tell(path, inactive_report(error, source))  # at once: nothing changes it
-    )
+    written = write_inactive_report(os.environ.get(REPORT_ENV), exc, source)  # nothing changes it
     told = f"; the report {str(path)!r} says active: false" if written else ""
     logger.error(
         f"not active in this process: {error}; the command runs without labelkeep{told} ({fix})"
@@ -200,11 +196,23 @@ def refuse_to_start(exc: BaseException) -> NoReturn:
     Called from ``sitecustomize``, where ``SystemExit`` is no way out (Python makes it a fatal
     "Failed to import the site module" with a traceback and exit code 1): so ``os._exit``.
     """
-    logger.error(
-        f"error: {describe(exc, config_source())} (strict mode: stopping before the script runs)"
-    )
+    source = config_source()
+    logger.error(f"error: {describe(exc, source)} (strict mode: stopping before the script runs)")
+    write_inactive_report(os.environ.get(REPORT_ENV), exc, source)
     _flush_streams()
     os._exit(REFUSED_EXIT_CODE)
+
+
+def write_inactive_report(
+    base: str | None, exc: BaseException, source: Path | None, *, runner: bool = False
+) -> bool:
+    """The ``active: false`` report, at once, where this process speaks for the command
+    (the runner itself does, when it refuses to start the command)."""
+    path = report_path(base)
+    speaks = runner or speaks_for_command()
+    if path is None or not speaks or unwritable_reason(path) is not None:
+        return False
+    return write_json_or_tell(path, inactive_report(describe(exc, source), source))
 
 
 def report_path(base: str | None) -> Path | None:

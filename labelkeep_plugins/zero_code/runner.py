@@ -27,6 +27,7 @@ from labelkeep_plugins.zero_code.auto import (
     ROOT_PID_ENV,
     STRICT_ENV,
     config_source,
+    write_inactive_report,
 )
 
 COMMAND_NOT_FOUND = 127
@@ -66,7 +67,13 @@ def execute(
     if not command:
         logger.error("no command given; usage: labelkeep run [options] -- CMD [ARGS...]")
         return 2
-    check_before_start(config=config, report=report, strict=strict)
+    try:
+        check_before_start(config=config, report=report, strict=strict)
+    except ConfigError as exc:  # the report asked for says so too (when it can be written)
+        if report is not None:
+            source = Path(config).resolve() if config is not None else config_source()
+            write_inactive_report(str(Path(report).resolve()), exc, source, runner=True)
+        raise
     executable = shutil.which(command[0])
     if executable is None:
         logger.error(f"command not found: {command[0]!r} (check the name and PATH)")
