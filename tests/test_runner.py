@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from labelkeep_plugins.env import ROOT_PID_ENV
 from labelkeep_plugins.zero_code.auto import report_path
+from labelkeep_plugins.zero_code.report_files import distributed_rank, other_process_reports
 from labelkeep_plugins.zero_code.runner import BOOTSTRAP_DIR, run_environment
 
 SCRIPT_ACTIVE = textwrap.dedent("""
@@ -153,8 +155,81 @@ def test_existing_sitecustomize_still_runs(tmp_path: Path, script: Path) -> None
 
 def test_report_path_per_rank(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.setenv(ROOT_PID_ENV, str(os.getpid()))
     assert report_path("out/r.json") == Path("out/r.json")
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert report_path("out/r.json") == Path("out/r.rank1.json")
     assert report_path(None) is None
+
+
+def test_a_child_process_writes_a_report_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not the command's process: named by RANK, its torch.distributed rank, else its pid."""
+    monkeypatch.setenv(ROOT_PID_ENV, str(os.getpid() + 1))
+    monkeypatch.delenv("RANK", raising=False)
+    assert report_path("out/r.json") == Path(f"out/r.pid{os.getpid()}.json")
+    assert report_path("out/r.json", distributed_rank=3) == Path("out/r.rank3.json")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")  # torchrun --nproc-per-node 1: still not the launcher's
+    assert report_path("out/r.json") == Path("out/r.rank0.json")
+
+
+def test_other_process_reports_are_this_runs_siblings(tmp_path: Path) -> None:
+    base = tmp_path / "r.json"
+    for name in ("r.rank0.json", "r.pid42.json", "r.rankx.json", "other.rank1.json", "old.json"):
+        (tmp_path / name).write_text("{}")
+    stale = tmp_path / "r.rank9.json"
+    stale.write_text("{}")
+    os.utime(stale, (1.0, 1.0))
+    found = other_process_reports(base, since=1000.0)
+    assert found == sorted([str(tmp_path / "r.pid42.json"), str(tmp_path / "r.rank0.json")])
+
+
+def test_distributed_rank_is_read_from_an_initialised_group(tmp_path: Path) -> None:
+    import torch.distributed as dist
+
+    assert distributed_rank() is None
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        assert distributed_rank() == 0
+    finally:
+        dist.destroy_process_group()
+    assert distributed_rank() is None
+
+
+SPAWNING_SCRIPT = textwrap.dedent("""
+    import multiprocessing as mp
+    from torch import nn
+    from labelkeep_plugins.zero_code.instrument import current_session
+
+    def worker(index):
+        model = nn.Linear(4, 3)
+        current_session().reference_for(model, framework="test", where=f"worker {index}")
+
+    if __name__ == "__main__":
+        context = mp.get_context("spawn")
+        workers = [context.Process(target=worker, args=(i,)) for i in range(2)]
+        for process in workers:
+            process.start()
+        for process in workers:
+            process.join()
+""")
+
+
+def test_spawned_workers_reports_are_kept_and_listed(tmp_path: Path) -> None:
+    """mp.spawn-style workers write one report each; the launching process lists them
+    instead of saying that no compression was seen."""
+    script = tmp_path / "spawning.py"
+    script.write_text(SPAWNING_SCRIPT)
+    result = run(labelkeep_run("--report", "r.json", "--", sys.executable, str(script)), tmp_path)
+    assert result.returncode == 0, result.stderr
+    children = sorted(tmp_path.glob("r.pid*.json"))
+    assert len(children) == 2, result.stderr
+    wheres = sorted(json.loads(p.read_text())["references"][0]["where"] for p in children)
+    assert wheres == ["worker 0", "worker 1"]
+    root = json.loads((tmp_path / "r.json").read_text())
+    assert root["process_reports"] == [str(p) for p in children]
+    assert not any("no compression was seen" in w for w in root["warnings"])
+    assert "no compression was seen" not in result.stderr
+    assert "their reports:" in result.stderr

@@ -17,6 +17,7 @@ import contextlib
 import os
 import signal
 import sys
+import time
 import weakref
 from dataclasses import replace
 from pathlib import Path
@@ -27,10 +28,16 @@ from labelkeep_plugins.env import AUTO_ENV, CONFIG_ENV, REPORT_ENV, ROOT_PID_ENV
 from labelkeep_plugins.errors import ConfigError, LabelkeepError, PluginError
 from labelkeep_plugins.jsonfile import unwritable_reason, write_json_or_tell
 from labelkeep_plugins.log import logger
+from labelkeep_plugins.zero_code.exit_notices import NO_COMPRESSION_SEEN
+from labelkeep_plugins.zero_code.report_files import (
+    is_command_process,
+    other_process_reports,
+    report_path,
+)
 
 if TYPE_CHECKING:
     from labelkeep_plugins.config import Config
-    from labelkeep_plugins.zero_code.report_schema import InactiveRunReport
+    from labelkeep_plugins.zero_code.report_schema import ActiveRunReport, InactiveRunReport
     from labelkeep_plugins.zero_code.session import Session
 
 REFUSED_EXIT_CODE = 2
@@ -43,6 +50,7 @@ class _Reporting:
     """Who owns this process's report (a forked child holds a copy of it) and what was sent."""
 
     owner_pid: ClassVar[int | None] = None
+    started_at: ClassVar[float] = time.time()  # reports written before this are another run's
     written: ClassVar[weakref.WeakSet[Any]] = weakref.WeakSet()
 
 
@@ -215,20 +223,12 @@ def write_inactive_report(
     return write_json_or_tell(path, inactive_report(describe(exc, source), source))
 
 
-def report_path(base: str | None) -> Path | None:
-    """The report file of this process: one per rank under DDP/torchrun, else ``base``."""
-    if not base:
-        return None
-    rank = os.environ.get("RANK")
-    if rank is not None and os.environ.get("WORLD_SIZE", "1") != "1":
-        path = Path(base)
-        return path.with_name(f"{path.stem}.rank{rank}{path.suffix or '.json'}")
-    return Path(base)
-
-
 def speaks_for_command() -> bool:
     """This process writes the report: the command's own process, or a torchrun rank."""
     return os.environ.get(ROOT_PID_ENV) == str(os.getpid()) or os.environ.get("RANK") is not None
+
+
+__all__ = ["report_path"]  # re-exported: where each process's report goes (.report_files)
 
 
 def write_report_at_exit() -> None:
@@ -245,10 +245,29 @@ def write_report_at_exit() -> None:
     _Reporting.written.add(session)
     report = session.report()
     session.detach_all()
+    if speaks_for_command() and not report["references"]:
+        _point_to_other_processes(report, session.config.report)
     if speaks_for_command() or report["references"]:
         load_plugins().hook.labelkeep_run_finished(
-            report=report, path=report_path(session.config.report)
+            report=report,
+            path=report_path(session.config.report, distributed_rank=session.distributed_rank),
         )
+
+
+def _point_to_other_processes(report: ActiveRunReport, base: str | None) -> None:
+    """The command's process compressed nothing itself: list the reports its children wrote
+    (DDP ranks, ``mp.spawn`` workers) instead of saying that no compression was seen."""
+    if base is None or not is_command_process():
+        return
+    others = other_process_reports(Path(base), since=_Reporting.started_at)
+    if not others:
+        return
+    report["process_reports"] = others
+    report["warnings"] = [w for w in report["warnings"] if w != NO_COMPRESSION_SEEN]
+    logger.info(
+        f"the compression ran in {len(others)} other process(es) of this command; "
+        f"their reports: {', '.join(others)}"
+    )
 
 
 def _owns_session() -> bool:

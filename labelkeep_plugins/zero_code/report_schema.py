@@ -157,6 +157,7 @@ class ActiveRunReport(TypedDict):
     failures: list[str]
     warnings: list[str]
     crashed: str | None
+    process_reports: list[str]
 
 
 class InactiveRunReport(TypedDict):

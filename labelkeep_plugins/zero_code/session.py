@@ -26,6 +26,7 @@ from labelkeep_plugins.plugins import load_plugins
 from labelkeep_plugins.reference.snapshot import checksum, snapshot_reference, unwrap_model
 from labelkeep_plugins.tuners.base import make_tuner
 from labelkeep_plugins.zero_code.exit_notices import exit_notices, standalone_attaches
+from labelkeep_plugins.zero_code.report_files import distributed_rank
 
 if TYPE_CHECKING:
     from labelkeep_plugins.injector.attach import InjectionHandle
@@ -95,6 +96,7 @@ class Session:
         self.adapters: dict[str, AdapterStatus] = {}
         self.counters = Counters()
         self.crashed: str | None = None
+        self.distributed_rank: int | None = None  # names this process's report (.report_files)
         self._records: list[ReferenceRecord] = []
         self._by_model: weakref.WeakKeyDictionary[nn.Module, ReferenceRecord] = (
             weakref.WeakKeyDictionary()
@@ -109,6 +111,8 @@ class Session:
         model = unwrap_model(model)
         record = self._by_model.get(model)
         if record is None:
+            if self.distributed_rank is None:
+                self.distributed_rank = distributed_rank()
             reference = snapshot_reference(model)
             record = ReferenceRecord(
                 framework, where, type(model).__name__, reference, checksum(reference)
@@ -253,6 +257,7 @@ class Session:
                 *self._exit_notices(steps + via_value + via_gradient),
             ],
             "crashed": self.crashed,
+            "process_reports": [],  # the command's process fills it in (.auto)
         }
 
 
