@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import copy
 import io
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -668,6 +670,36 @@ def test_copies_of_an_attached_student_carry_no_loss(student, reference_model, b
         F.cross_entropy(model(x), y).backward()
     assert handle.stats.forwards == 0
     handle.detach()
+
+
+def test_a_saved_attached_model_loads_without_labelkeep(batch, tmp_path):
+    """torch.save(model) of an attached student (torch-pruning's way to keep a pruned
+    model) loads and runs where labelkeep cannot be imported, with the same outputs."""
+    x, _ = batch
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 5))  # torch classes only
+    handle = attach(student, snapshot_reference(student))
+    path = tmp_path / "model.pt"
+    torch.save(student, path)
+    torch.save(x, tmp_path / "x.pt")
+    with torch.no_grad():
+        torch.save(student.eval()(x), tmp_path / "expected.pt")
+    handle.detach()
+    code = (
+        "import sys; sys.modules['labelkeep_plugins'] = None\n"  # any import of it fails
+        "import torch\n"
+        f"model = torch.load({str(path)!r}, weights_only=False).eval()\n"
+        f"x = torch.load({str(tmp_path / 'x.pt')!r})\n"
+        f"expected = torch.load({str(tmp_path / 'expected.pt')!r})\n"
+        "with torch.no_grad():\n"
+        "    assert torch.equal(model(x), expected)\n"
+        "assert 'labelkeep_plugins.injector' not in sys.modules\n"
+        "print('loaded')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0 and result.stdout.strip() == "loaded", result.stderr
 
 
 def test_a_trained_copy_says_once_that_it_gets_no_loss(

@@ -2,13 +2,18 @@
 
 A bound method registered as a hook drags its handle (and with it the reference and
 the plugin manager) into ``copy.deepcopy(student)`` or ``torch.save(student)`` and
-fails there; the copy of this object is an inert hook instead. Inert, but not silent:
-a copy that is trained (a backward through its output) gets no label-preserving loss,
-and the first one in a process says so.
+fails there. Instead, a deep copy of this object is an inert hook: inert, but not
+silent, a copy that is trained (a backward through its output) gets no label-preserving
+loss, and the first one in a process says so. A pickle (``torch.save`` of the whole
+model, torch-pruning's way to save a pruned model) holds ``functools.partial(sys.audit,
+...)`` in its place: a no-op of the standard library, so the saved model loads where
+labelkeep is not installed. Its training is told at exit instead (no step got the loss).
 """
 
 from __future__ import annotations
 
+import functools
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -17,7 +22,7 @@ import torch
 from labelkeep_plugins.log import logger
 
 COPY_TRAINED = (
-    "a copy of a model labelkeep attached (copy.deepcopy, or torch.save then torch.load) is "
+    "a copy of a model labelkeep attached (copy.deepcopy) is "
     "being trained: labelkeep's loss stays on the model it attached, so this training gets "
     "none. Train that model object itself, or attach the copy: "
     "labelkeep_plugins.attach(copy, reference)"
@@ -36,8 +41,8 @@ class ForwardHook:
     def __deepcopy__(self, memo: dict[int, Any]) -> InertHook:
         return InertHook()
 
-    def __reduce__(self) -> tuple[type[InertHook], tuple[()]]:
-        return (InertHook, ())
+    def __reduce__(self) -> tuple[Any, ...]:
+        return pickled_inert_hook()
 
 
 class InertHook:
@@ -45,12 +50,27 @@ class InertHook:
 
     told: ClassVar[bool] = False  # one line per process, whichever copy trains first
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> InertHook:
+        return InertHook()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return pickled_inert_hook()
+
     def __call__(self, *args: Any) -> None:
         if InertHook.told or not torch.is_grad_enabled():
             return
         output = _first_tensor_with_grad(args[-1] if args else None)
         if output is not None:
             output.register_hook(_tell_copy_trained)
+
+
+def pickled_inert_hook() -> tuple[Any, ...]:
+    """How a hook is pickled: ``sys.audit(INERT_HOOK_EVENT, *hook_args)``, which returns
+    None (a forward hook that changes nothing) and needs nothing but Python to load."""
+    return (functools.partial, (sys.audit, INERT_HOOK_EVENT))
+
+
+INERT_HOOK_EVENT = "labelkeep.inert_hook"
 
 
 def _tell_copy_trained(grad: torch.Tensor) -> None:
