@@ -163,26 +163,28 @@ def test_report_path_per_rank(monkeypatch: pytest.MonkeyPatch) -> None:
     assert report_path(None) is None
 
 
-def test_a_child_process_writes_a_report_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Not the command's process: named by RANK, its torch.distributed rank, else its pid."""
-    monkeypatch.setenv(ROOT_PID_ENV, str(os.getpid() + 1))
+def test_a_worker_process_writes_a_report_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A multiprocessing worker without RANK: named by its torch.distributed rank, else pid."""
+    import multiprocessing
+
     monkeypatch.delenv("RANK", raising=False)
+    assert report_path("out/r.json") == Path("out/r.json")  # a command or its subprocess
+    monkeypatch.setattr(multiprocessing, "parent_process", lambda: object())
     assert report_path("out/r.json") == Path(f"out/r.pid{os.getpid()}.json")
     assert report_path("out/r.json", distributed_rank=3) == Path("out/r.rank3.json")
-    monkeypatch.setenv("RANK", "0")
-    monkeypatch.setenv("WORLD_SIZE", "1")  # torchrun --nproc-per-node 1: still not the launcher's
-    assert report_path("out/r.json") == Path("out/r.rank0.json")
 
 
 def test_other_process_reports_are_this_runs_siblings(tmp_path: Path) -> None:
     base = tmp_path / "r.json"
-    for name in ("r.rank0.json", "r.pid42.json", "r.rankx.json", "other.rank1.json", "old.json"):
+    for name in ("r.rank0.json", "r.pid42.json", "r.rankx.json", "other.rank1.json"):
         (tmp_path / name).write_text("{}")
-    stale = tmp_path / "r.rank9.json"
-    stale.write_text("{}")
-    os.utime(stale, (1.0, 1.0))
+    for stale in (tmp_path / "r.rank9.json", base):  # an earlier run's
+        stale.write_text("{}")
+        os.utime(stale, (1.0, 1.0))
     found = other_process_reports(base, since=1000.0)
     assert found == sorted([str(tmp_path / "r.pid42.json"), str(tmp_path / "r.rank0.json")])
+    base.write_text("{}")  # written during this run by another process
+    assert str(base) in other_process_reports(base, since=1000.0)
 
 
 def test_distributed_rank_is_read_from_an_initialised_group(tmp_path: Path) -> None:
@@ -233,3 +235,25 @@ def test_spawned_workers_reports_are_kept_and_listed(tmp_path: Path) -> None:
     assert not any("no compression was seen" in w for w in root["warnings"])
     assert "no compression was seen" not in result.stderr
     assert "their reports:" in result.stderr
+
+
+SUBPROCESS_TRAINING = textwrap.dedent("""
+    import subprocess, sys
+    child = "from torch import nn\\n" + (
+        "from labelkeep_plugins.zero_code.instrument import current_session\\n"
+        "current_session().reference_for(nn.Linear(4, 3), framework='test', where='child')\\n"
+    )
+    sys.exit(subprocess.call([sys.executable, "-c", child]))
+""")
+
+
+def test_a_training_subprocess_report_is_not_overwritten(tmp_path: Path) -> None:
+    """The command's process (a launcher) compressed nothing: the report its training
+    subprocess wrote stays, and no "no compression was seen" is said."""
+    script = tmp_path / "launcher.py"
+    script.write_text(SUBPROCESS_TRAINING)
+    result = run(labelkeep_run("--report", "r.json", "--", sys.executable, str(script)), tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert [r["where"] for r in report["references"]] == ["child"]
+    assert "no compression was seen" not in result.stderr

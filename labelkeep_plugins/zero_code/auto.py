@@ -245,29 +245,30 @@ def write_report_at_exit() -> None:
     _Reporting.written.add(session)
     report = session.report()
     session.detach_all()
-    if speaks_for_command() and not report["references"]:
-        _point_to_other_processes(report, session.config.report)
+    path = report_path(session.config.report, distributed_rank=session.distributed_rank)
+    if speaks_for_command() and not report["references"] and path is not None:
+        path = _point_to_other_processes(report, path)
     if speaks_for_command() or report["references"]:
-        load_plugins().hook.labelkeep_run_finished(
-            report=report,
-            path=report_path(session.config.report, distributed_rank=session.distributed_rank),
-        )
+        load_plugins().hook.labelkeep_run_finished(report=report, path=path)
 
 
-def _point_to_other_processes(report: ActiveRunReport, base: str | None) -> None:
-    """The command's process compressed nothing itself: list the reports its children wrote
-    (DDP ranks, ``mp.spawn`` workers) instead of saying that no compression was seen."""
-    if base is None or not is_command_process():
-        return
-    others = other_process_reports(Path(base), since=_Reporting.started_at)
+def _point_to_other_processes(report: ActiveRunReport, path: Path) -> Path | None:
+    """The command's process compressed nothing itself: list the reports other processes
+    wrote during the command (DDP ranks, ``mp.spawn`` workers, a training subprocess) instead
+    of saying that no compression was seen. Returns where to write this report: nowhere when
+    another process wrote ``path`` itself (``torchrun --nproc-per-node 1``, a subprocess)."""
+    if not is_command_process():
+        return path
+    others = other_process_reports(path, since=_Reporting.started_at)
     if not others:
-        return
+        return path
     report["process_reports"] = others
     report["warnings"] = [w for w in report["warnings"] if w != NO_COMPRESSION_SEEN]
     logger.info(
         f"the compression ran in {len(others)} other process(es) of this command; "
         f"their reports: {', '.join(others)}"
     )
+    return None if str(path) in others else path
 
 
 def _owns_session() -> bool:

@@ -2,18 +2,18 @@
 
 One command can run labelkeep in several processes: ``torchrun`` workers, workers started
 by ``torch.multiprocessing.spawn``, subprocesses. Each process that took a reference writes
-its own report, so none overwrites another:
+its report, and none overwrites another's:
 
-* a torchrun rank (``RANK`` set, in a child of the command or with ``WORLD_SIZE`` not 1):
-  ``report.rank{RANK}.json``;
-* another child process: ``report.rank{r}.json`` with its ``torch.distributed`` rank when it
-  had joined a process group (``mp.spawn`` workers pass their rank to
-  ``init_process_group``, not through ``RANK``), else ``report.pid{pid}.json``;
-* the command's own process: ``report.json`` itself.
+* a torchrun rank (``RANK`` set, ``WORLD_SIZE`` not 1): ``report.rank{RANK}.json``;
+* a ``multiprocessing`` worker without ``RANK`` (``mp.spawn``'s workers pass their rank to
+  ``init_process_group`` instead): ``report.rank{r}.json`` with the ``torch.distributed``
+  rank it had when it took its reference, else ``report.pid{pid}.json``;
+* any other process (the command's own, a subprocess it runs): ``report.json`` itself.
 
-When the command's own process took no reference (torchrun's launcher, a script that only
-spawns its workers), its report lists the files its children wrote during the command
-rather than saying that no compression was seen.
+The command's own process, when it took no reference itself (torchrun's launcher, a script
+that spawns its workers or runs a training subprocess), lists the workers' files and leaves
+a ``report.json`` another process wrote during the command as it is, rather than replacing
+it with one that says no compression was seen.
 """
 
 from __future__ import annotations
@@ -30,20 +30,26 @@ def report_path(base: str | None, *, distributed_rank: int | None = None) -> Pat
         return None
     path = Path(base)
     rank = os.environ.get("RANK")
-    command = is_command_process()
-    if rank is not None and (os.environ.get("WORLD_SIZE", "1") != "1" or not command):
+    if rank is not None and os.environ.get("WORLD_SIZE", "1") != "1":
         return _sibling(path, f"rank{rank}")
-    if command:
-        return path
-    if distributed_rank is not None:
-        return _sibling(path, f"rank{distributed_rank}")
-    return _sibling(path, f"pid{os.getpid()}")
+    if rank is None and is_worker_process():
+        if distributed_rank is not None:
+            return _sibling(path, f"rank{distributed_rank}")
+        return _sibling(path, f"pid{os.getpid()}")
+    return path
 
 
 def is_command_process() -> bool:
     """This is the process the runner started (or no runner started this one at all)."""
     root = os.environ.get(ROOT_PID_ENV)
     return root is None or root == str(os.getpid())
+
+
+def is_worker_process() -> bool:
+    """Started by ``multiprocessing`` (``mp.spawn``, a ``Process``, a pool), not as a command."""
+    import multiprocessing
+
+    return multiprocessing.parent_process() is not None
 
 
 def distributed_rank() -> int | None:
@@ -63,9 +69,10 @@ def distributed_rank() -> int | None:
 
 
 def other_process_reports(base: Path, since: float) -> list[str]:
-    """Reports the command's other processes wrote next to ``base`` since ``since``."""
+    """Reports the command's other processes wrote since ``since``: ``base`` itself (this
+    process has not written it yet) and the workers' files beside it."""
     suffix = base.suffix or ".json"
-    found = []
+    found = [str(base)] if _modified_since(base, since) else []
     for kind in ("rank", "pid"):
         for candidate in base.parent.glob(f"{base.stem}.{kind}*{suffix}"):
             tag = candidate.name[len(base.stem) + 1 + len(kind) : -len(suffix)]
