@@ -50,7 +50,9 @@ def add_bench_command(commands: Any) -> None:
     )
     size = bench.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="a smoke run: under 2 minutes")
-    size.add_argument("--full", action="store_true", help="the whole grid (about 2 hours)")
+    size.add_argument(
+        "--full", action="store_true", help="the whole grid (about 2 hours on 2 cores)"
+    )
     bench.add_argument("--cost", action="store_true", help="measure step time and memory only")
     bench.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     bench.add_argument("--resume", action="store_true", help="continue the bench in --out")
