@@ -238,7 +238,8 @@ def test_reporters_receive_the_report_at_exit(framework, monkeypatch, tmp_path) 
     import json
     import os
 
-    from labelkeep_plugins.zero_code.auto import ROOT_PID_ENV, write_report_at_exit
+    from labelkeep_plugins.env import ROOT_PID_ENV
+    from labelkeep_plugins.zero_code.auto import write_report_at_exit
 
     received: list[dict] = []
 

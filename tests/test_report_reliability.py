@@ -14,6 +14,7 @@ import pytest
 from torch import nn
 
 from labelkeep_plugins.config import Config
+from labelkeep_plugins.env import ROOT_PID_ENV
 from labelkeep_plugins.hookspecs import hookimpl
 from labelkeep_plugins.jsonfile import unwritable_reason, write_json
 from labelkeep_plugins.plugins import get_plugin_manager
@@ -215,7 +216,7 @@ def test_the_report_is_handed_over_once(monkeypatch: pytest.MonkeyPatch, tmp_pat
     """A signal writes it, then atexit (or a second signal) must not write it again."""
     reporter = CountingReporter()
     get_plugin_manager().register(reporter)
-    monkeypatch.setenv(auto.ROOT_PID_ENV, str(os.getpid()))
+    monkeypatch.setenv(ROOT_PID_ENV, str(os.getpid()))
     with instrumented(Config(report=str(tmp_path / "r.json"))):
         auto.write_report_at_exit()
         auto.write_report_at_exit()
@@ -227,7 +228,7 @@ def test_a_forked_child_does_not_write_its_parents_report(
 ) -> None:
     reporter = CountingReporter()
     get_plugin_manager().register(reporter)
-    monkeypatch.setenv(auto.ROOT_PID_ENV, str(os.getpid()))
+    monkeypatch.setenv(ROOT_PID_ENV, str(os.getpid()))
     monkeypatch.setattr(auto._Reporting, "owner_pid", os.getpid() + 1)  # activated elsewhere
     with instrumented(Config(report=str(tmp_path / "r.json"))) as session:
         session.reference_for(nn.Linear(2, 2), framework="test", where="parent")

@@ -12,8 +12,11 @@ from pathlib import Path
 import pytest
 
 from labelkeep_plugins.env import ROOT_PID_ENV
-from labelkeep_plugins.zero_code.auto import report_path
-from labelkeep_plugins.zero_code.report_files import distributed_rank, other_process_reports
+from labelkeep_plugins.zero_code.report_files import (
+    distributed_rank,
+    other_process_reports,
+    report_path,
+)
 from labelkeep_plugins.zero_code.runner import BOOTSTRAP_DIR, run_environment
 
 SCRIPT_ACTIVE = textwrap.dedent("""

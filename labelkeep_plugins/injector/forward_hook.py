@@ -29,7 +29,21 @@ COPY_TRAINED = (
 )
 
 
-class ForwardHook:
+INERT_HOOK_EVENT = "labelkeep.inert_hook"
+
+
+class _CopiedInert:
+    """A deep copy is an :class:`InertHook`; a pickle is ``sys.audit(INERT_HOOK_EVENT,
+    *hook_args)``, which returns None (a hook that changes nothing) and needs only Python."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> InertHook:
+        return InertHook()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (functools.partial, (sys.audit, INERT_HOOK_EVENT))
+
+
+class ForwardHook(_CopiedInert):
     """Calls the handle's forward callback; copies and pickles of it are inert hooks."""
 
     def __init__(self, callback: Callable[..., None]) -> None:
@@ -38,23 +52,11 @@ class ForwardHook:
     def __call__(self, *args: Any) -> None:
         self._callback(*args)
 
-    def __deepcopy__(self, memo: dict[int, Any]) -> InertHook:
-        return InertHook()
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return pickled_inert_hook()
-
-
-class InertHook:
+class InertHook(_CopiedInert):
     """What a copied student carries in place of labelkeep's hook: adds nothing, tells once."""
 
     told: ClassVar[bool] = False  # one line per process, whichever copy trains first
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> InertHook:
-        return InertHook()
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return pickled_inert_hook()
 
     def __call__(self, *args: Any) -> None:
         if InertHook.told or not torch.is_grad_enabled():
@@ -62,15 +64,6 @@ class InertHook:
         output = _first_tensor_with_grad(args[-1] if args else None)
         if output is not None:
             output.register_hook(_tell_copy_trained)
-
-
-def pickled_inert_hook() -> tuple[Any, ...]:
-    """How a hook is pickled: ``sys.audit(INERT_HOOK_EVENT, *hook_args)``, which returns
-    None (a forward hook that changes nothing) and needs nothing but Python to load."""
-    return (functools.partial, (sys.audit, INERT_HOOK_EVENT))
-
-
-INERT_HOOK_EVENT = "labelkeep.inert_hook"
 
 
 def _tell_copy_trained(grad: torch.Tensor) -> None:

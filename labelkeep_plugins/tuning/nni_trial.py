@@ -215,7 +215,7 @@ def report_final(session: Any, reporter: PassReporter) -> None:
 def _trial_report(own: RunReport, base: str | None) -> Mapping[str, Any]:
     """This process's report, or rank 0's when the ranks did the evaluating (torchrun).
 
-    Rank files are named as :func:`labelkeep_plugins.zero_code.auto.report_path` names them.
+    Rank files are named as :func:`labelkeep_plugins.zero_code.report_files.report_path` names them.
     """
     if own.get("agreement") is not None or not base:
         return own

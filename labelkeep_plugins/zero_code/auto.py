@@ -24,7 +24,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 
-from labelkeep_plugins.env import AUTO_ENV, CONFIG_ENV, REPORT_ENV, ROOT_PID_ENV, STRICT_ENV
+from labelkeep_plugins.env import AUTO_ENV, CONFIG_ENV, REPORT_ENV, STRICT_ENV
 from labelkeep_plugins.errors import ConfigError, LabelkeepError, PluginError
 from labelkeep_plugins.jsonfile import unwritable_reason, write_json_or_tell
 from labelkeep_plugins.log import logger
@@ -225,10 +225,7 @@ def write_inactive_report(
 
 def speaks_for_command() -> bool:
     """This process writes the report: the command's own process, or a torchrun rank."""
-    return os.environ.get(ROOT_PID_ENV) == str(os.getpid()) or os.environ.get("RANK") is not None
-
-
-__all__ = ["report_path"]  # re-exported: where each process's report goes (.report_files)
+    return is_command_process() or os.environ.get("RANK") is not None
 
 
 def write_report_at_exit() -> None:
@@ -246,7 +243,7 @@ def write_report_at_exit() -> None:
     report = session.report()
     session.detach_all()
     path = report_path(session.config.report, distributed_rank=session.distributed_rank)
-    if speaks_for_command() and not report["references"] and path is not None:
+    if is_command_process() and not report["references"] and path is not None:
         path = _point_to_other_processes(report, path)
     if speaks_for_command() or report["references"]:
         load_plugins().hook.labelkeep_run_finished(report=report, path=path)
@@ -257,8 +254,6 @@ def _point_to_other_processes(report: ActiveRunReport, path: Path) -> Path | Non
     wrote during the command (DDP ranks, ``mp.spawn`` workers, a training subprocess) instead
     of saying that no compression was seen. Returns where to write this report: nowhere when
     another process wrote ``path`` itself (``torchrun --nproc-per-node 1``, a subprocess)."""
-    if not is_command_process():
-        return path
     others = other_process_reports(path, since=_Reporting.started_at)
     if not others:
         return path

@@ -19,6 +19,7 @@ it with one that says no compression was seen.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from labelkeep_plugins.env import ROOT_PID_ENV
@@ -40,9 +41,8 @@ def report_path(base: str | None, *, distributed_rank: int | None = None) -> Pat
 
 
 def is_command_process() -> bool:
-    """This is the process the runner started (or no runner started this one at all)."""
-    root = os.environ.get(ROOT_PID_ENV)
-    return root is None or root == str(os.getpid())
+    """This is the process ``labelkeep run`` started (``exec`` keeps the runner's pid)."""
+    return os.environ.get(ROOT_PID_ENV) == str(os.getpid())
 
 
 def is_worker_process() -> bool:
@@ -57,8 +57,6 @@ def distributed_rank() -> int | None:
 
     Read when a reference is taken: by the end of a run the group is usually destroyed.
     """
-    import sys
-
     dist = sys.modules.get("torch.distributed")  # never the import that loads it
     try:
         if dist is not None and dist.is_available() and dist.is_initialized():

@@ -15,20 +15,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from labelkeep_plugins.config import Config, load_config
-from labelkeep_plugins.env import CONFIG_ENV
+from labelkeep_plugins.env import AUTO_ENV, CONFIG_ENV, REPORT_ENV, ROOT_PID_ENV, STRICT_ENV
 from labelkeep_plugins.errors import ConfigError
 from labelkeep_plugins.jsonfile import unwritable_reason
 from labelkeep_plugins.log import logger
 from labelkeep_plugins.plugins import check_terms
 from labelkeep_plugins.tuners.base import make_tuner
-from labelkeep_plugins.zero_code.auto import (
-    AUTO_ENV,
-    REPORT_ENV,
-    ROOT_PID_ENV,
-    STRICT_ENV,
-    config_source,
-    write_inactive_report,
-)
+from labelkeep_plugins.zero_code.auto import config_source, write_inactive_report
 
 COMMAND_NOT_FOUND = 127
 BOOTSTRAP_DIR = Path(__file__).resolve().parent / "bootstrap"
