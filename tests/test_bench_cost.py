@@ -19,6 +19,8 @@ def test_every_variant_is_timed_interleaved_and_the_ratios_follow() -> None:
     plain = times["plain"]["median_ms"]
     assert ratios["cached_vs_plain"] == pytest.approx(times["cached"]["median_ms"] / plain)
     assert set(ratios) >= {"instrumented_vs_plain", "instrumented_vs_plain_plus_forward"}
+    by_hand = times["instrumented"]["median_ms"] / times["handwritten_kd"]["median_ms"]
+    assert ratios["instrumented_vs_handwritten_kd"] == pytest.approx(by_hand)
     tuned = times["default_tuner"]["median_ms"] / times["instrumented"]["median_ms"]
     assert ratios["default_tuner_vs_instrumented"] == pytest.approx(tuned)
     result = {
@@ -35,6 +37,29 @@ def test_every_variant_is_timed_interleaved_and_the_ratios_follow() -> None:
     cells = [cell.strip() for cell in row.strip("|").split("|")]
     assert len(cells) == len(cost.COST_COLUMNS) == header.count("|") - 1 == rule.count("|") - 1
     assert cells[0] == "tiny" and cells[-4:] == ["100.0", "+1.0", "+2.0", "1.0"]
+
+
+def test_the_hand_written_step_trains_exactly_as_the_instrumented_one() -> None:
+    """The yardstick computes the same loss as the instrumented variant, so the ratio of the
+    two is labelkeep's overhead and nothing else."""
+    import copy
+
+    import torch
+
+    from labelkeep_plugins.bench.cost_models import handwritten_kd_step, training_step
+    from labelkeep_plugins.bench.cost_timing import _Loop
+
+    loop = _Loop(TINY)
+    x, y = loop.data.next()
+    by_hand = copy.deepcopy(loop.student)
+    handwritten_kd_step(by_hand, loop.reference, torch.optim.SGD(by_hand.parameters(), 0.1), (x, y))
+    handle = loop._attach("instrumented")
+    try:
+        training_step(loop.student, torch.optim.SGD(loop.student.parameters(), 0.1), x, y)
+    finally:
+        handle.detach()
+    for ours, theirs in zip(loop.student.parameters(), by_hand.parameters(), strict=True):
+        torch.testing.assert_close(ours, theirs)
 
 
 def test_the_default_tuner_variant_runs_the_tuner_only_while_timed() -> None:

@@ -129,3 +129,16 @@ def test_a_budget_keeps_its_runs_apart_in_the_folder_the_bench_uses(tmp_path, fa
     x3 = RunKey("nni/digits/heavy", "plain", 0, budget=3).directory(tmp_path)
     assert (x3 / sweep.RESULT_FILE).exists()
     assert (RunKey("nni/digits/heavy", "plain", 0).directory(tmp_path) / sweep.RESULT_FILE).exists()
+
+
+ROOT = Path(__file__).parents[1]
+SWEEP_FILES = sorted((ROOT / "examples" / "sweeps").glob("*.json"))
+README_TEXT = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=[p.name for p in SWEEP_FILES])
+def test_the_readme_sweep_files_are_valid_settings(path: Path) -> None:
+    """Every settings file the README's sweep commands name loads, with a plain baseline."""
+    configs = sweep.settings_from_file(path)
+    assert dict(configs["plain"].loss.weights) == {"ce": 1.0}
+    assert path.relative_to(ROOT).as_posix() in README_TEXT

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from labelkeep_plugins.config import DEFAULT_TEMPERATURE
+
 LENGTH = 40
 CLASSES = 10
 
@@ -82,6 +84,29 @@ def training_step(
     """The user's step, unchanged in every variant: forward, cross-entropy, backward, step."""
     optimizer.zero_grad(set_to_none=True)
     F.cross_entropy(model(x), y).backward()
+    optimizer.step()
+
+
+def handwritten_kd_step(
+    model: nn.Module,
+    reference: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: tuple[torch.Tensor, torch.Tensor],
+    temperature: float = DEFAULT_TEMPERATURE,
+) -> None:
+    """The same step with labelkeep's default loss written into the loop by hand.
+
+    ``cross_entropy + KL(reference || student at T) * T^2``: what a user who edits their
+    script gets, and so the yardstick for labelkeep's own overhead.
+    """
+    x, y = batch
+    optimizer.zero_grad(set_to_none=True)
+    logits = model(x)
+    with torch.no_grad():
+        target = F.log_softmax(reference(x) / temperature, dim=1)
+    student = F.log_softmax(logits / temperature, dim=1)
+    kd = F.kl_div(student, target, reduction="batchmean", log_target=True)
+    (F.cross_entropy(logits, y) + kd * temperature**2).backward()
     optimizer.step()
 
 

@@ -9,8 +9,9 @@ Variants: ``plain`` (the user's step), ``instrumented`` (the step with labelkeep
 cache off, fixed weights), ``default_tuner`` (the same with the default tuner measuring every step,
 auto mode's default), ``cached`` (cache on, every sample seen before), ``cached_fresh``
 (cache on, every sample new: the fingerprinting overhead on top of the forward),
-``reference_forward`` (the reference alone under ``no_grad``) and ``fingerprint`` (hashing
-one batch).
+``reference_forward`` (the reference alone under ``no_grad``), ``handwritten_kd`` (the
+default loss written into the loop by hand, no labelkeep) and ``fingerprint`` (hashing one
+batch).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from labelkeep_plugins.bench.cost_models import (
     CostCase,
     RepeatingBatches,
     cnn,
+    handwritten_kd_step,
     training_step,
 )
 from labelkeep_plugins.config import Config, LossConfig
@@ -44,6 +46,7 @@ VARIANTS = (
     "cached",
     "cached_fresh",
     "reference_forward",
+    "handwritten_kd",
     "fingerprint",
 )
 
@@ -122,6 +125,8 @@ class _Loop:
         if variant == "reference_forward":
             with torch.no_grad():
                 self.reference(x)
+        elif variant == "handwritten_kd":
+            handwritten_kd_step(self.student, self.reference, self.optimizer, (x, y))
         elif variant == "fingerprint":
             self.cache.fingerprints((x,), {})
         else:
