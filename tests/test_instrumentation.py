@@ -363,6 +363,61 @@ def test_a_reference_with_no_trained_step_is_said_at_exit(framework, caplog) -> 
         assert not any(w.startswith(NEVER_TRAINED_START) for w in session.report()["warnings"])
 
 
+def _epoch(model: nn.Module, optimizer: torch.optim.Optimizer, *, evaluate: bool) -> None:
+    """One training epoch of two steps, then (optionally) an evaluation that calls eval()."""
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        x = torch.randn(8, 4, generator=generator)
+        y = torch.randint(0, 3, (8,), generator=generator)
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    if evaluate:
+        model.eval()
+        nn.functional.cross_entropy(model(torch.randn(8, 4)), torch.zeros(8, dtype=torch.long))
+
+
+def test_training_left_in_eval_mode_after_an_evaluation_is_said_at_exit(framework) -> None:
+    """The loop forgets model.train() after its first evaluation: later epochs get no loss.
+
+    The evaluation itself runs without no_grad (common): with no backward it is no training.
+    """
+    from labelkeep_plugins.zero_code.exit_notices import EVAL_MODE_START
+    from labelkeep_plugins.zero_code.report import EXIT_NOTICES
+
+    register(FakeAdapter())
+    model = nn.Sequential(nn.Linear(4, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with instrumented(Config()) as session:
+        framework.Pruner(model).step()
+        model.train()
+        _epoch(model, optimizer, evaluate=True)
+        assert not any(w.startswith(EVAL_MODE_START) for w in session.report()["warnings"])
+        _epoch(model, optimizer, evaluate=True)  # trained in eval mode: 2 backwards
+        report = session.report()
+        model.train()
+        _epoch(model, optimizer, evaluate=False)
+        assert session.report()["training_steps_with_loss"] == 4
+    (notice,) = [w for w in report["warnings"] if w.startswith(EVAL_MODE_START)]
+    assert notice.startswith(f"{EVAL_MODE_START} 2 backward pass(es) ran through Sequential")
+    assert "model.train()" in notice and "train_mode_only: false" in notice
+    assert report["training_steps_with_loss"] == 2 and EVAL_MODE_START in EXIT_NOTICES
+
+
+def test_training_in_eval_mode_gets_the_loss_when_train_mode_only_is_off(framework) -> None:
+    from labelkeep_plugins.zero_code.exit_notices import EVAL_MODE_START
+
+    register(FakeAdapter())
+    model = nn.Sequential(nn.Linear(4, 3))
+    with instrumented(Config(train_mode_only=False)) as session:
+        framework.Pruner(model).step()
+        model.eval()
+        _epoch(model, torch.optim.SGD(model.parameters(), lr=0.1), evaluate=False)
+        report = session.report()
+    assert report["training_steps_with_loss"] == 2
+    assert not any(w.startswith(EVAL_MODE_START) for w in report["warnings"])
+
+
 def test_a_scripts_own_attach_is_not_called_no_compression() -> None:
     """attach() in a script under labelkeep-run: the report points to its handle instead."""
     from labelkeep_plugins import attach, snapshot_reference

@@ -54,6 +54,7 @@ class InjectionStats:
     via_loss_value: int = 0
     via_gradient: int = 0
     evaluation_batches: int = 0
+    eval_mode_backwards: int = 0  # backwards through forwards read as evaluation (eval mode)
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -211,11 +212,8 @@ class InjectionHandle:
         self._drain()
         self.composer.apply_pending()  # weights a tuner chose during the previous step
         logits = as_logits(output, self.logits_selector)
-        training = (
-            torch.is_grad_enabled()
-            and logits.requires_grad
-            and (module.training or not self.train_mode_only)
-        )
+        gradients = torch.is_grad_enabled() and logits.requires_grad
+        training = gradients and (module.training or not self.train_mode_only)
         reference_logits = self._run_reference(args, kwargs, logits.device)
         check_pair(logits, reference_logits)
         batch = None if training else EvaluationBatch(logits.shape[0], args, kwargs)
@@ -228,6 +226,8 @@ class InjectionHandle:
                 entry, args, kwargs, self.composer.loss, logits.device.type
             )
             logits.register_hook(functools.partial(self._on_gradient, entry))
+        elif gradients:  # eval mode: evaluation without no_grad, unless a backward follows
+            logits.register_hook(self._on_eval_mode_backward)
 
     def _run_reference(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], device: torch.device
@@ -304,6 +304,10 @@ class InjectionHandle:
         self.stats.via_gradient += 1
         self._notify_training(entry, values, None)
         return grad * self.composer.ground_truth_weight + extra_grad.to(grad.dtype)
+
+    def _on_eval_mode_backward(self, grad: torch.Tensor) -> None:
+        """A backward through an eval-mode forward: training the loss never reached."""
+        self.stats.eval_mode_backwards += 1
 
     def _notify_training(
         self,

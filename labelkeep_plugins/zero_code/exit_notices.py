@@ -29,9 +29,11 @@ def exit_notices(
         return [own_attaches(own_attaches_made)] if not (records or handles) else []
     if not (records or handles):
         return [NO_COMPRESSION_SEEN]
-    if not trained_steps:
-        return [never_trained(records)]
-    return [untrained_reference(handle) for handle in handles if _near_chance(handle.meter)]
+    in_eval_mode = [eval_mode_training(h) for h in handles if h.stats.eval_mode_backwards]
+    if not trained_steps:  # training in eval mode is the specific cause, when it was seen
+        return in_eval_mode or [never_trained(records)]
+    untrained = [untrained_reference(handle) for handle in handles if _near_chance(handle.meter)]
+    return [*in_eval_mode, *untrained]
 
 
 def standalone_attaches() -> int:
@@ -57,6 +59,18 @@ def never_trained(records: Sequence[ReferenceRecord]) -> str:
         f"{NEVER_TRAINED_START}, though a reference of {models} was taken: the fine-tuning "
         "trained another object (a copy: copy.deepcopy, torch.save then torch.load), ran in "
         "eval mode or under no_grad, or never ran"
+    )
+
+
+def eval_mode_training(handle: InjectionHandle) -> str:
+    """Backwards ran through eval-mode forwards: read as evaluation, so trained without the loss."""
+    count = handle.stats.eval_mode_backwards
+    return (
+        f"{EVAL_MODE_START} {count} backward pass(es) ran through "
+        f"{type(handle.student).__name__} in eval mode, which labelkeep reads as evaluation "
+        "(those forwards count in the agreement figures). If that was training, call "
+        "model.train() before it (an evaluation's model.eval() left on?), or set "
+        "train_mode_only: false to add the loss in eval mode too"
     )
 
 
@@ -86,6 +100,7 @@ CHANCE_FACTOR = 1.5  # below 1.5x chance accuracy the reference has learnt (near
 UNTRAINED_START = "labelkeep's reference of"
 NEVER_TRAINED_START = "no training step got the label-preserving loss"
 OWN_ATTACHES_START = "the script attached"
+EVAL_MODE_START = "training in eval mode got no label-preserving loss:"
 
 NO_COMPRESSION_SEEN = (
     "no compression was seen: no adapter took a reference and no model was attached, so "

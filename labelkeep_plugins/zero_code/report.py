@@ -11,6 +11,7 @@ from labelkeep_plugins.hookspecs import hookimpl
 from labelkeep_plugins.jsonfile import write_json_or_tell
 from labelkeep_plugins.log import logger
 from labelkeep_plugins.zero_code.exit_notices import (
+    EVAL_MODE_START,
     NEVER_TRAINED_START,
     NO_COMPRESSION_SEEN,
     OWN_ATTACHES_START,
@@ -18,7 +19,13 @@ from labelkeep_plugins.zero_code.exit_notices import (
 )
 
 #: The notices of a run where labelkeep did nothing, or nothing useful: told once, at exit.
-EXIT_NOTICES = (NO_COMPRESSION_SEEN, NEVER_TRAINED_START, OWN_ATTACHES_START, UNTRAINED_START)
+EXIT_NOTICES = (
+    NO_COMPRESSION_SEEN,
+    NEVER_TRAINED_START,
+    OWN_ATTACHES_START,
+    UNTRAINED_START,
+    EVAL_MODE_START,
+)
 
 if TYPE_CHECKING:
     from labelkeep_plugins.zero_code.report_schema import ActiveRunReport, RunReport
