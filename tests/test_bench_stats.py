@@ -13,8 +13,18 @@ from test_bench import result
 from labelkeep_plugins.bench.aggregate import gap_closed, reduction, summarize
 from labelkeep_plugins.bench.headline import headline, headlines
 from labelkeep_plugins.bench.plan import RunKey
-from labelkeep_plugins.bench.render import factor, interval, markdown_table, text_table
-from labelkeep_plugins.bench.stats import bootstrap_interval, ratio_of_sums
+from labelkeep_plugins.bench.render import (
+    difference,
+    factor,
+    interval,
+    markdown_table,
+    text_table,
+)
+from labelkeep_plugins.bench.stats import (
+    bootstrap_interval,
+    bootstrap_mean_interval,
+    ratio_of_sums,
+)
 from labelkeep_plugins.bench.store import RunResult
 
 
@@ -130,6 +140,41 @@ def test_the_accuracy_guard_is_the_lower_of_plain_and_the_reference(
     assert default.versus.accuracy_vs_guard == pytest.approx(100 * (row - min(plain, reference)))
     assert default.below_guard is flagged and default.to_dict()["below_accuracy_guard"] is flagged
     assert ("*" in text_table([default]).splitlines()[2]) is flagged
+
+
+def test_the_mean_interval_is_the_percentile_interval_of_resampled_means() -> None:
+    """By hand: with two seeds each resample's mean is one of (a+a)/2, (a+b)/2, (b+b)/2."""
+    assert bootstrap_mean_interval([-1.0, -1.0, -1.0]) == (-1.0, -1.0)
+    assert bootstrap_mean_interval([-2.0, 0.0]) == (-2.0, 0.0)  # both extremes are drawn
+    assert bootstrap_mean_interval([0.5]) is None
+    low, high = bootstrap_mean_interval([-0.4, -0.6, -0.2, -0.8, -0.5])
+    assert -0.8 <= low < -0.5 < high <= -0.2
+    assert difference(-0.5, (-0.7, -0.3), True) == "-0.5 [-0.7, -0.3]"
+    assert difference(-0.5, None, True) == "-0.5" and difference(0.0, None, False) == "-"
+
+
+@pytest.mark.parametrize(
+    ("row_accuracies", "beyond_noise"),
+    [
+        ([0.893, 0.895, 0.894], True),  # every seed 0.5-0.7 points below plain's 0.9
+        ([0.880, 0.905, 0.910], False),  # one seed 2 points below, the others above
+    ],
+)
+def test_accuracy_below_plain_beyond_the_seeds_spread_is_marked(
+    row_accuracies: list[float], beyond_noise: bool
+) -> None:
+    plain_runs = runs_of("c", "plain", counts([100, 110, 105], 0.90))
+    row_runs = runs_of("c", "default", counts([90, 95, 92]))
+    for seed, accuracy in enumerate(row_accuracies):
+        row_runs[RunKey("c", "default", seed)].figures["accuracy"] = accuracy
+    _, default = summarize({**plain_runs, **row_runs}, ["c"], ["plain", "default"])
+    bounds = default.versus.accuracy_vs_plain_ci
+    assert bounds is not None and bounds[0] <= default.versus.accuracy_vs_plain <= bounds[1]
+    assert default.below_plain_beyond_noise is beyond_noise
+    assert default.to_dict()["accuracy_below_plain_beyond_noise"] is beyond_noise
+    assert ("!" in text_table([default]).splitlines()[2]) is beyond_noise
+    line = headline([default], "default", level=None)
+    assert line["cells_below_plain_beyond_noise"] == (["c"] if beyond_noise else [])
 
 
 def test_gap_closed_against_the_limit_row() -> None:

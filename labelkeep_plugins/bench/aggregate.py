@@ -17,7 +17,11 @@ from typing import Any
 
 from labelkeep_plugins.bench.cells import LEVELS
 from labelkeep_plugins.bench.plan import LIMIT, LIMIT_BUDGET, PLAIN, RunKey
-from labelkeep_plugins.bench.stats import bootstrap_interval, ratio_of_sums
+from labelkeep_plugins.bench.stats import (
+    bootstrap_interval,
+    bootstrap_mean_interval,
+    ratio_of_sums,
+)
 from labelkeep_plugins.bench.store import RunResult
 
 # Points of accuracy a row may lose against min(plain, reference) before it is flagged:
@@ -51,6 +55,7 @@ class Comparison:
     flip_reduction: float | None = None
     flip_reduction_ci: tuple[float, float] | None = None
     accuracy_vs_plain: float | None = None  # points, mean over the paired seeds
+    accuracy_vs_plain_ci: tuple[float, float] | None = None  # its paired bootstrap interval
     accuracy_guard: float | None = None  # min(plain's, the reference's) mean accuracy, points
     accuracy_vs_guard: float | None = None
     gap_closed: float | None = None  # percent of plain's mismatch gap to the limit row
@@ -81,6 +86,12 @@ class MethodSummary:
         return last if last in LEVELS else "all"
 
     @property
+    def below_plain_beyond_noise(self) -> bool:
+        """Accuracy below plain's on every resample of the seeds (the interval is below 0)."""
+        bounds = self.versus.accuracy_vs_plain_ci
+        return bounds is not None and bounds[1] < 0
+
+    @property
     def below_guard(self) -> bool:
         gap = self.versus.accuracy_vs_guard
         return gap is not None and gap < -ACCURACY_TOLERANCE
@@ -89,6 +100,7 @@ class MethodSummary:
         data = asdict(self)
         data.update(data.pop("versus"))
         data["level"], data["below_accuracy_guard"] = self.level, self.below_guard
+        data["accuracy_below_plain_beyond_noise"] = self.below_plain_beyond_noise
         return data
 
 
@@ -148,6 +160,7 @@ def compare(plain: Seeds, row: Seeds, limit: Seeds) -> Comparison:
         flip_reduction=ratio_of_sums(*flips) if flips else None,
         flip_reduction_ci=bootstrap_interval(*flips) if flips else None,
         accuracy_vs_plain=vs_plain,
+        accuracy_vs_plain_ci=_accuracy_interval(plain, row, paired),
         accuracy_guard=guard,
         accuracy_vs_guard=vs_guard,
         gap_closed=gap_closed(plain, row, limit),
@@ -181,6 +194,16 @@ def _accuracy(
     reference = _mean(row, seeds, "reference_accuracy")
     guard = 100.0 * (theirs if reference is None else min(theirs, reference))
     return guard, 100.0 * (mine - theirs), 100.0 * mine - guard
+
+
+def _accuracy_interval(
+    plain: Seeds, row: Seeds, seeds: Sequence[int]
+) -> tuple[float, float] | None:
+    """The paired bootstrap interval of the row's mean accuracy minus plain's, in points."""
+    pairs = _paired(plain, row, seeds, "accuracy")
+    if pairs is None:
+        return None
+    return bootstrap_mean_interval([100.0 * (a - b) for b, a in zip(*pairs, strict=True)])
 
 
 def _paired(

@@ -61,6 +61,7 @@ def headline(
         best_flip_cell=max(flips)[1] if flips else None,
         cells_not_reduced=[r.cell for r in chosen if (r.versus.mismatch_reduction or 0) <= 1.0],
         cells_below_accuracy_guard=[r.cell for r in chosen if r.below_guard],
+        cells_below_plain_beyond_noise=[r.cell for r in chosen if r.below_plain_beyond_noise],
     )
     return line
 

@@ -23,6 +23,7 @@ HEADERS = (
     "seeds",
     "accuracy %",
     "vs guard",
+    "vs plain [95% CI]",
     "mismatches",
     "neg. flips",
     "mism. red. [95% CI]",
@@ -39,8 +40,10 @@ TARGETS = (
 )
 LEGEND = (
     f"'*': mean accuracy more than {ACCURACY_TOLERANCE} points below the guard, "
-    "min(plain's, the reference's); reductions: mean plain count / mean row count on the "
-    "paired seeds, [paired bootstrap 95% interval over seeds]; gap closed: "
+    "min(plain's, the reference's); vs plain: mean accuracy difference in points, '!' where "
+    "its paired bootstrap 95% interval over seeds lies below 0 (beyond the noise); "
+    "reductions: mean plain count / mean row count on the paired seeds, [paired bootstrap "
+    "95% interval over seeds]; gap closed: "
     "(plain - row) / (plain - limit) mismatches"
 )
 
@@ -61,6 +64,8 @@ def table_rows(rows: Sequence[MethodSummary]) -> list[tuple[str, ...]]:
                 seeds,
                 spread(row.accuracy, 1) + ("*" if row.below_guard else ""),
                 signed(versus.accuracy_vs_guard),
+                difference(versus.accuracy_vs_plain, versus.accuracy_vs_plain_ci, compared)
+                + ("!" if row.below_plain_beyond_noise else ""),
                 spread(row.mismatches, 1),
                 spread(row.negative_flips, 1),
                 interval(versus.mismatch_reduction, versus.mismatch_reduction_ci, compared),
@@ -98,7 +103,9 @@ def headline_lines(headlines: Sequence[Mapping[str, Any]]) -> list[str]:
             + (f", median gap to the limit closed {percent(gap)}" if gap is not None else "")
             + f"; best {factor(h['best_mismatch_reduction'])} ({h['best_mismatch_cell']}); "
             f"not reduced (<= 1x): {', '.join(h['cells_not_reduced']) or 'none'}; below the "
-            f"accuracy guard: {', '.join(h['cells_below_accuracy_guard']) or 'none'}"
+            f"accuracy guard: {', '.join(h['cells_below_accuracy_guard']) or 'none'}; below "
+            "plain's accuracy beyond the seeds' spread: "
+            f"{', '.join(h.get('cells_below_plain_beyond_noise') or ()) or 'none'}"
         )
     tuned = any(h.get("method") == TUNED and h.get("cells") for h in headlines)
     return [*lines, TARGETS] if tuned else lines
@@ -128,6 +135,15 @@ def interval(value: float | None, bounds: tuple[float, float] | None, shown: boo
         return factor(value)
     low, high = (("inf" if math.isinf(b) else f"{b:.2f}") for b in bounds)
     return f"{factor(value)} [{low}, {high}]"
+
+
+def difference(value: float | None, bounds: tuple[float, float] | None, shown: bool) -> str:
+    """``-0.4 [-0.7, -0.1]`` accuracy points; no interval with one seed; '-' for plain."""
+    if not shown:
+        return "-"
+    if bounds is None or value is None:
+        return signed(value)
+    return f"{signed(value)} [{bounds[0]:+.1f}, {bounds[1]:+.1f}]"
 
 
 def signed(value: float | None) -> str:

@@ -1,5 +1,8 @@
 """Reduction factors against plain recovery, with a paired bootstrap interval over seeds.
 
+Accuracy differences get the same kind of interval, of the mean per-seed difference: where it
+lies wholly below zero, a row loses accuracy beyond the seeds' spread (the noise floor).
+
 The factor is ``mean plain count / mean row count`` over the seeds both finished: a ratio
 of sums, which one lucky seed with few mismatches cannot blow up (a mean of per-seed
 ratios can). Its 95% interval resamples the seed indices with replacement, the same
@@ -52,4 +55,21 @@ def bootstrap_interval(
     ratios[(sums_after == 0) & (sums_before == 0)] = 1.0
     tail = (1.0 - CONFIDENCE) / 2
     low, high = np.quantile(ratios, [tail, 1.0 - tail], method="inverted_cdf")
+    return float(low), float(high)
+
+
+def bootstrap_mean_interval(
+    differences: Sequence[float],
+    *,
+    resamples: int = RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> tuple[float, float] | None:
+    """The percentile interval of the mean of paired per-seed ``differences``; None under 2."""
+    if len(differences) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(differences), size=(resamples, len(differences)))
+    means = np.asarray(differences, dtype=float)[picks].mean(axis=1)
+    tail = (1.0 - CONFIDENCE) / 2
+    low, high = np.quantile(means, [tail, 1.0 - tail], method="inverted_cdf")
     return float(low), float(high)
