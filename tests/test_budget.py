@@ -15,6 +15,7 @@ from labelkeep_plugins import Config, attach, snapshot_reference
 from labelkeep_plugins.budget import PassCount, mismatch_trend, weighted_slope
 from labelkeep_plugins.injector.evaluation import HISTORY_PASSES, PassMeters
 from labelkeep_plugins.zero_code import report as reporters
+from labelkeep_plugins.zero_code.exit_notices import NO_COMPRESSION_SEEN
 from labelkeep_plugins.zero_code.session import Session
 
 
@@ -307,3 +308,19 @@ def test_no_exit_line_when_no_step_was_trained_with_the_loss(capsys) -> None:
     report = {"recovery_budget": [falling], "training_steps_with_loss": 0}
     reporters.tell_recovery_budget(report)
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(("rank", "said"), [(None, True), (0, True), (1, False)])
+def test_only_rank_zero_says_the_end_of_run_lines(rank, said, capsys, monkeypatch) -> None:
+    """An mp.spawn worker has no RANK variable: the group rank in its report keeps rank 1 quiet."""
+    monkeypatch.delenv("RANK", raising=False)
+    falling = {"student": "A", "status": "falling", "message": "still falling"}
+    report = {
+        "recovery_budget": [falling],
+        "training_steps_with_loss": 4,
+        "warnings": [NO_COMPRESSION_SEEN],
+        "distributed_rank": rank,
+    }
+    reporters.labelkeep_run_finished(report=report, path=None)
+    err = capsys.readouterr().err
+    assert ("still falling" in err) is said and ("no compression was seen" in err) is said

@@ -39,9 +39,15 @@ def labelkeep_run_finished(report: ActiveRunReport, path: Path | None) -> None:
         write_json_or_tell(path, report)
 
 
+def speaks_for_all_ranks(report: RunReport) -> bool:
+    """Rank 0 (or no rank) speaks for the command: torchrun's RANK, or the group rank that an
+    ``mp.spawn`` worker had when it took its reference (the report's ``distributed_rank``)."""
+    return os.environ.get("RANK", "0") == "0" and report.get("distributed_rank") in (None, 0)
+
+
 def tell_exit_notices(report: RunReport) -> None:
     """One stderr line each at exit: nothing to do, nothing trained, an untrained reference."""
-    if os.environ.get("RANK", "0") != "0":
+    if not speaks_for_all_ranks(report):
         return
     for warning in report.get("warnings") or ():
         if warning.startswith(EXIT_NOTICES):
@@ -54,7 +60,7 @@ def tell_recovery_budget(report: ActiveRunReport) -> None:
     Said once per command: under DDP each rank judges its own share of the data, and rank 0
     speaks for them all.
     """
-    if os.environ.get("RANK", "0") != "0" or not report.get("training_steps_with_loss"):
+    if not speaks_for_all_ranks(report) or not report.get("training_steps_with_loss"):
         return  # without a step trained with the loss, the passes may be training read as such
     falling = [
         verdict

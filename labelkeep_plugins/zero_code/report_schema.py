@@ -157,6 +157,7 @@ class ActiveRunReport(TypedDict):
     failures: list[str]
     warnings: list[str]
     crashed: str | None
+    distributed_rank: int | None
     process_reports: list[str]
 
 

@@ -257,6 +257,7 @@ class Session:
                 *self._exit_notices(steps + via_value + via_gradient),
             ],
             "crashed": self.crashed,
+            "distributed_rank": self.distributed_rank,
             "process_reports": [],  # the command's process fills it in (.auto)
         }
 
