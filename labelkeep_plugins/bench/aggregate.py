@@ -87,7 +87,7 @@ class MethodSummary:
 
     @property
     def below_plain_beyond_noise(self) -> bool:
-        """Accuracy below plain's on every resample of the seeds (the interval is below 0)."""
+        """Accuracy below plain's beyond the seeds' spread: its 95% interval ends below 0."""
         bounds = self.versus.accuracy_vs_plain_ci
         return bounds is not None and bounds[1] < 0
 
