@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labelkeep_plugins.config import DEFAULT_TEMPERATURE
+from labelkeep_plugins.config import DEFAULT_TEMPERATURE, DEFAULT_WEIGHTS
 
 LENGTH = 40
 CLASSES = 10
@@ -96,8 +96,8 @@ def handwritten_kd_step(
 ) -> None:
     """The same step with labelkeep's default loss written into the loop by hand.
 
-    ``cross_entropy + KL(reference || student at T) * T^2``: what a user who edits their
-    script gets, and so the yardstick for labelkeep's own overhead.
+    ``ce * cross_entropy + kd * KL(reference || student at T) * T^2`` at the default weights:
+    what a user who edits their script gets, and so the yardstick for labelkeep's own overhead.
     """
     x, y = batch
     optimizer.zero_grad(set_to_none=True)
@@ -106,7 +106,8 @@ def handwritten_kd_step(
         target = F.log_softmax(reference(x) / temperature, dim=1)
     student = F.log_softmax(logits / temperature, dim=1)
     kd = F.kl_div(student, target, reduction="batchmean", log_target=True)
-    (F.cross_entropy(logits, y) + kd * temperature**2).backward()
+    ce_weight, kd_weight = DEFAULT_WEIGHTS["ce"], DEFAULT_WEIGHTS["kd"]
+    (ce_weight * F.cross_entropy(logits, y) + kd_weight * kd * temperature**2).backward()
     optimizer.step()
 
 

@@ -46,16 +46,13 @@ def bootstrap_interval(
     """
     if len(before) < 2 or len(before) != len(after):
         return None
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, len(before), size=(resamples, len(before)))
+    picks = _resampled_seeds(len(before), resamples, seed)
     sums_before = np.asarray(before, dtype=float)[picks].sum(axis=1)
     sums_after = np.asarray(after, dtype=float)[picks].sum(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratios = sums_before / sums_after
     ratios[(sums_after == 0) & (sums_before == 0)] = 1.0
-    tail = (1.0 - CONFIDENCE) / 2
-    low, high = np.quantile(ratios, [tail, 1.0 - tail], method="inverted_cdf")
-    return float(low), float(high)
+    return _percentile_interval(ratios)
 
 
 def bootstrap_mean_interval(
@@ -67,9 +64,17 @@ def bootstrap_mean_interval(
     """The percentile interval of the mean of paired per-seed ``differences``; None under 2."""
     if len(differences) < 2:
         return None
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, len(differences), size=(resamples, len(differences)))
-    means = np.asarray(differences, dtype=float)[picks].mean(axis=1)
+    picks = _resampled_seeds(len(differences), resamples, seed)
+    return _percentile_interval(np.asarray(differences, dtype=float)[picks].mean(axis=1))
+
+
+def _resampled_seeds(seeds: int, resamples: int, seed: int) -> np.ndarray:
+    """Seed indices drawn with replacement, one row per resample, from a fixed generator."""
+    return np.random.default_rng(seed).integers(0, seeds, size=(resamples, seeds))
+
+
+def _percentile_interval(values: np.ndarray) -> tuple[float, float]:
+    """The central ``CONFIDENCE`` interval of resampled values, as values that were drawn."""
     tail = (1.0 - CONFIDENCE) / 2
-    low, high = np.quantile(means, [tail, 1.0 - tail], method="inverted_cdf")
+    low, high = np.quantile(values, [tail, 1.0 - tail], method="inverted_cdf")
     return float(low), float(high)
