@@ -14,7 +14,7 @@ from labelkeep_plugins import LabelPreservingLoss, checksum, snapshot_reference
 from labelkeep_plugins.config import FocalConfig
 from labelkeep_plugins.errors import LogitsError, MissingReferenceError, ShapeMismatchError
 
-WEIGHTS = {"ce": 0.6, "kd": 1.4, "hard": 0.3, "logit_mse": 0.05}
+WEIGHTS = {"ce": 0.6, "kd": 1.4, "hard": 0.3, "hinge": 0.2, "logit_mse": 0.05}
 T = 3.0
 
 
@@ -33,9 +33,12 @@ def explicit_loss(
         ).sum(1)
         * temperature**2
     )
+    c = r.argmax(1)
+    others = s.masked_fill(F.one_hot(c, s.shape[1]).bool(), float("-inf"))
     extras = {
         "kd": kd,
         "hard": F.cross_entropy(s, r.argmax(1), reduction="none"),
+        "hinge": torch.relu(1 - (s.gather(1, c[:, None])[:, 0] - others.max(1).values)),
         "logit_mse": ((s - r) ** 2).mean(1),
     }
     total = weights.get("ce", 0.0) * F.cross_entropy(s, targets)

@@ -19,7 +19,7 @@ from labelkeep_plugins.loss.composer import LossComposer
 from labelkeep_plugins.loss.terms import LossTerm
 from labelkeep_plugins.tuners.base import FixedTuner, make_tuner
 
-BUILTIN_NAMES = {"ce", "kd", "hard", "logit_mse", "fm"}
+BUILTIN_NAMES = {"ce", "kd", "hard", "hinge", "logit_mse", "fm"}
 
 
 def absolute_error(inputs):

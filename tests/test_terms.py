@@ -94,6 +94,22 @@ def test_hard_is_cross_entropy_to_reference_argmax(logits):
     assert not torch.allclose(per_sample, F.cross_entropy(student, targets, reduction="none"))
 
 
+def test_hinge_is_the_multiclass_hinge_on_the_reference_label():
+    student = torch.tensor([[3.0, 1.0, 0.0], [0.2, 0.5, 0.1], [0.0, 2.0, 4.0]])
+    reference = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    per_sample = TERMS["hinge"].per_sample(TermInputs(student, reference, None, 4.0))
+    # margins for the reference's label: 3 - 1 = 2 (past 1: no loss), 0.2 - 0.5, 2 - 4
+    torch.testing.assert_close(per_sample, torch.tensor([0.0, 1.3, 3.0]))
+    assert TERMS["hinge"].teacher and not TERMS["hinge"].needs_targets
+
+
+def test_hinge_gradient_moves_only_the_two_competing_logits():
+    student = torch.tensor([[0.2, 0.5, 0.1, -1.0]], requires_grad=True)
+    reference = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
+    TERMS["hinge"].per_sample(TermInputs(student, reference, None, 4.0)).sum().backward()
+    torch.testing.assert_close(student.grad, torch.tensor([[-1.0, 1.0, 0.0, 0.0]]))
+
+
 def test_logit_mse(logits):
     student, reference, targets = logits
     per_sample = TERMS["logit_mse"].per_sample(TermInputs(student, reference, targets, 1.0))

@@ -20,7 +20,7 @@ from labelkeep_plugins.tuning.space import (
 
 def test_default_space_covers_the_teacher_terms_temperature_and_focal() -> None:
     space = default_search_space()
-    assert set(space) == {"kd", "hard", "logit_mse", "temperature", "focal_scale"}
+    assert set(space) == {"kd", "hard", "hinge", "logit_mse", "temperature", "focal_scale"}
     assert space["temperature"] == {"_type": "loguniform", "_value": [1.0, 8.0]}
     assert validate_search_space(space) == space
 
@@ -32,7 +32,9 @@ def test_terms_select_the_space() -> None:
 
 
 def test_unknown_term_lists_the_registered_ones() -> None:
-    with pytest.raises(ConfigError, match=r"'nope'.*registered terms: ce, fm, hard, kd, logit_mse"):
+    with pytest.raises(
+        ConfigError, match=r"'nope'.*registered terms: ce, fm, hard, hinge, kd, logit_mse"
+    ):
         default_search_space(["nope"])
 
 
@@ -119,7 +121,7 @@ def test_describe_space_names_the_searched_keys_and_the_fixed_weights() -> None:
 
     text = describe_space(default_search_space(), LossConfig())
     assert text.startswith(
-        "searching focal_scale, hard, kd, logit_mse, temperature, each drawn on its own; "
+        "searching focal_scale, hard, hinge, kd, logit_mse, temperature, each drawn on its own; "
         "kept at the base configuration: ce=1 (ce, your own loss, is searched only when named"
     )
     assert "[0.1, 1.0]" in text

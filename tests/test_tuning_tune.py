@@ -343,7 +343,7 @@ def test_the_search_says_which_weights_it_searches_and_which_it_keeps(
 ) -> None:
     assert tune(tmp_path / "a", "--trials", "1", "--seed", "1", command=fake) == 0
     err = capsys.readouterr().err
-    assert "labelkeep tune: searching focal_scale, hard, kd, logit_mse, temperature" in err
+    assert "labelkeep tune: searching focal_scale, hard, hinge, kd, logit_mse, temperature" in err
     assert "kept at the base configuration: ce=1 " in err
     assert "ce=" not in err.split("settings", 1)[1].replace("weights {ce: 1.0}", "")
     assert (

@@ -1,4 +1,4 @@
-"""The built-in loss terms: ce, kd, hard, logit_mse, fm."""
+"""The built-in loss terms: ce, kd, hard, hinge, logit_mse, fm."""
 
 from __future__ import annotations
 
@@ -39,6 +39,24 @@ def hard_label_ce(inputs: TermInputs) -> torch.Tensor:
     return F.cross_entropy(inputs.student, inputs.reference.argmax(dim=1), reduction="none")
 
 
+HINGE_MARGIN = 1.0  # in logit units, as the multi-class SVM's
+
+
+def reference_label_hinge(inputs: TermInputs) -> torch.Tensor:
+    """``relu(1 - (s_c - max_{j != c} s_j))`` with ``c`` the reference's predicted label.
+
+    The multi-class hinge (Crammer and Singer) on the reference's decision: zero once the
+    student prefers the reference's label by a logit margin of 1, so unlike ``hard`` it
+    stops pulling on samples that already agree and spends the gradient on the ones
+    near or past the boundary, where mismatches are made.
+    """
+    label = inputs.reference.argmax(dim=1, keepdim=True)
+    student = inputs.student
+    own = student.gather(1, label).squeeze(1)
+    others = student.scatter(1, label, float("-inf")).max(dim=1).values
+    return torch.relu(HINGE_MARGIN - (own - others))
+
+
 def logit_mse(inputs: TermInputs) -> torch.Tensor:
     """Mean squared difference of the raw logits, per sample."""
     return (inputs.student - inputs.reference).pow(2).mean(dim=1)
@@ -62,6 +80,11 @@ BUILTIN_TERMS: tuple[LossTerm, ...] = (
     ),
     LossTerm("kd", hinton_kd, description="Hinton KD: KL at temperature T, batchmean, times T^2"),
     LossTerm("hard", hard_label_ce, description="cross-entropy to the reference's argmax label"),
+    LossTerm(
+        "hinge",
+        reference_label_hinge,
+        description="multi-class hinge (margin 1) on the reference's argmax label",
+    ),
     LossTerm("logit_mse", logit_mse, description="mean squared error between logits"),
     LossTerm(
         FUNCTION_MATCHING_TERM,

@@ -35,13 +35,14 @@ DEFAULT_RANGES: Mapping[str, Mapping[str, Any]] = {
     "ce": {"_type": "uniform", "_value": [0.1, 1.0]},
     "kd": {"_type": "uniform", "_value": [0.0, 2.0]},
     "hard": {"_type": "uniform", "_value": [0.0, 1.0]},
+    "hinge": {"_type": "uniform", "_value": [0.0, 1.0]},
     "logit_mse": {"_type": "uniform", "_value": [0.0, 0.5]},
     TEMPERATURE: {"_type": "loguniform", "_value": [1.0, 8.0]},
     FOCAL_BASE: {"_type": "uniform", "_value": [0.5, 1.0]},
     FOCAL_SCALE: {"_type": "uniform", "_value": [0.0, 4.0]},
 }
 PLUGIN_TERM_RANGE: Mapping[str, Any] = {"_type": "uniform", "_value": [0.0, 1.0]}
-BUILTIN_TERMS_WITHOUT_TEMPERATURE = frozenset({"ce", "hard", "logit_mse"})
+BUILTIN_TERMS_WITHOUT_TEMPERATURE = frozenset({"ce", "hard", "hinge", "logit_mse"})
 
 # NNI types whose every value lies in a closed range we can check. The normal types are
 # left out: they can propose negative weights or temperatures whatever their parameters.

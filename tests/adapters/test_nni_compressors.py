@@ -67,7 +67,7 @@ def nni_attributes() -> dict[str, Any]:
 def explicit_loss(
     out: torch.Tensor, reference_out: torch.Tensor, y: torch.Tensor, config: Config
 ) -> torch.Tensor:
-    """CE + kd * KD(T), with focal weights when configured, written out by hand."""
+    """CE + kd * KD(T) + hinge * hinge, with focal weights when configured, by hand."""
     weights, t, focal = config.loss.weights, config.loss.temperature, config.loss.focal
     ce = -F.log_softmax(out, dim=1).gather(1, y[:, None]).squeeze(1).mean()
     log_p = F.log_softmax(out / t, dim=1)
@@ -75,7 +75,14 @@ def explicit_loss(
     kd = (log_q.exp() * (log_q - log_p)).sum(dim=1) * t * t
     right = (reference_out.argmax(1) == y).float()
     scale = 1.0 if focal is None else focal.base + focal.scale * right
-    return weights["ce"] * ce + weights["kd"] * (kd * scale).mean()
+    label = reference_out.argmax(1)
+    own = out.gather(1, label[:, None]).squeeze(1)
+    rival = torch.stack(
+        [torch.cat([row[:c], row[c + 1 :]]).max() for row, c in zip(out, label, strict=True)]
+    )
+    hinge = (1.0 - (own - rival)).clamp(min=0)
+    teacher = weights["kd"] * kd + weights.get("hinge", 0.0) * hinge
+    return weights["ce"] * ce + (teacher * scale).mean()
 
 
 def assert_gradient_is_explicit(
