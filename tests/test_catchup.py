@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 
 import pytest
@@ -71,6 +72,36 @@ def test_the_gate_is_read_once_per_interval_over_the_interval() -> None:
     assert tuner.gate == first and len(tuner.trajectory) == 1
     _step(tuner, good, good, labels)
     assert tuner.gate == pytest.approx(1.0) and len(tuner.trajectory) == 2
+
+
+def test_the_teacher_waits_for_the_first_measurement() -> None:
+    tuner = _tuner()
+    assert dict(tuner.loss_config().weights) == {"ce": 1.0, "kd": 0.0}
+    labels = torch.randint(0, 3, (4,))
+    _step(tuner, torch.randn(4, 3), 6 * F.one_hot(labels, 3).float(), labels)
+    assert tuner.measured and 0 < tuner.loss_config().weights["kd"] < 2.0
+
+
+def test_attached_the_first_step_trains_on_the_users_loss_alone() -> None:
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))
+    twin = copy.deepcopy(model)
+    reference_model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))
+    x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+    tuner = _tuner()
+    handle = attach(model, snapshot_reference(reference_model), loss=tuner.loss_config())
+    tuner.bind(handle.composer.defer)
+    manager = load_plugins()
+    manager.register(tuner)
+    try:
+        F.cross_entropy(model(x), y).backward()
+    finally:
+        manager.unregister(tuner)
+        handle.detach()
+    F.cross_entropy(twin(x), y).backward()
+    for attached, plain in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(attached.grad, plain.grad)
+    assert tuner.measured
 
 
 def test_without_labels_the_configured_weights_apply_and_nothing_is_measured() -> None:
