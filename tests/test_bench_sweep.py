@@ -14,9 +14,11 @@ from labelkeep_plugins.bench.store import RunResult
 class FakeRuns:
     def __init__(self) -> None:
         self.calls: list[tuple[str, str, int, str]] = []
+        self.commands: list[list[str]] = []
 
     def __call__(self, key, command, config, directory) -> RunResult:
         self.calls.append((key.cell, key.method, key.seed, config.tuner))
+        self.commands.append(list(command))
         assert "--split" in command and command[command.index("--split") + 1] == "test"
         halved = 2 if key.method == "half" else 1
         figures = {"mismatches": (10 + key.seed) // halved, "negative_flips": 4, "accuracy": 0.9}
@@ -129,6 +131,30 @@ def test_a_budget_keeps_its_runs_apart_in_the_folder_the_bench_uses(tmp_path, fa
     x3 = RunKey("nni/digits/heavy", "plain", 0, budget=3).directory(tmp_path)
     assert (x3 / sweep.RESULT_FILE).exists()
     assert (RunKey("nni/digits/heavy", "plain", 0).directory(tmp_path) / sweep.RESULT_FILE).exists()
+
+
+def test_sgd_recovery_runs_apart_and_tells_the_script(tmp_path, fake):
+    settings = write(tmp_path, {"plain": {"weights": {"ce": 1.0}}})
+    args = [str(settings), "--seeds", "0", "--cells", "nni/digits/heavy", "--out", str(tmp_path)]
+    assert sweep.main([*args, "--optimizer", "sgd", "--budget", "3"]) == 0
+    assert sweep.main(args) == 0  # Adam at x1 is another run
+    assert [call[0] for call in fake.calls] == ["nni/digits/heavy/x3/sgd", "nni/digits/heavy"]
+    sgd, adam = fake.commands
+    assert sgd[-2:] == ["--optimizer", "sgd"] and "--optimizer" not in adam
+    assert (tmp_path / "runs" / "nni-digits-heavy-x3-sgd" / "plain" / "seed0").is_dir()
+
+
+def test_the_scripts_recovery_optimizer() -> None:
+    from argparse import Namespace
+
+    import torch
+
+    from labelkeep_plugins.bench.scripts._benchdata import optimizer_spec
+
+    assert optimizer_spec(Namespace(optimizer="adam", lr=None)) == (torch.optim.Adam, {"lr": 1e-3})
+    sgd = optimizer_spec(Namespace(optimizer="sgd", lr=None))
+    assert sgd == (torch.optim.SGD, {"lr": 1e-2, "momentum": 0.9})
+    assert optimizer_spec(Namespace(optimizer="sgd", lr=0.1))[1]["lr"] == 0.1
 
 
 ROOT = Path(__file__).parents[1]

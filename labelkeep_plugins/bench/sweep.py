@@ -2,6 +2,7 @@
 
     python -m labelkeep_plugins.bench.sweep SETTINGS.json [--seeds 0,1,2] [--cells a,b]
                                             [--out DIR] [--jobs 2] [--budget 3]
+                                            [--optimizer sgd]
 
 ``SETTINGS.json`` maps a name to a labelkeep ``loss`` section, optionally with a
 ``tuner`` key (``fixed`` unless given), e.g. ``{"plain": {"weights": {"ce": 1.0}},
@@ -11,6 +12,8 @@ bench run does (the same scripts, test split, epochs and pretrained checkpoints,
 each setting against ``--baseline`` (``plain``; :mod:`.sweep_table`). Finished runs
 are read back, so adding a setting to the file reruns only what is new. ``--budget``
 multiplies the script's recovery epochs (the runs of each budget are kept apart).
+``--optimizer sgd`` recovers with SGD (momentum 0.9, learning rate 1e-2) instead of the
+scripts' Adam, as many of the frameworks' own examples do (its runs are kept apart too).
 """
 
 from __future__ import annotations
@@ -56,11 +59,21 @@ def settings_from_file(path: Path) -> dict[str, Config]:
     return configs
 
 
+OPTIMIZERS = ("adam", "sgd")  # the bench scripts' --optimizer choices; adam is theirs
+
+
 def run_one(
-    cell: Cell, seed: int, name: str, config: Config, out: Path, budget: int = 1
+    cell: Cell,
+    seed: int,
+    name: str,
+    config: Config,
+    out: Path,
+    budget: int = 1,
+    optimizer: str = "adam",
 ) -> dict[str, Any]:
     """The figures of one run (from disk when it already ran), or its error."""
-    key = RunKey(cell.key if budget == 1 else f"{cell.key}/x{budget}", name, seed)
+    variant = ("" if budget == 1 else f"/x{budget}") + ("" if optimizer == "adam" else "/sgd")
+    key = RunKey(f"{cell.key}{variant}", name, seed)
     directory = key.directory(out)
     saved = directory / RESULT_FILE
     if saved.exists():
@@ -77,9 +90,10 @@ def run_one(
         profile.pretrain_epochs,
         (),
     )
-    result = execute.execute_run(
-        key, script_command(cell, [seed], "test", settings, out), config, directory
-    )
+    command = script_command(cell, [seed], "test", settings, out)
+    if optimizer != "adam":
+        command += ["--optimizer", optimizer]
+    result = execute.execute_run(key, command, config, directory)
     figures = result.figures if result.ok else {"error": result.error}
     directory.mkdir(parents=True, exist_ok=True)
     saved.write_text(json.dumps(figures), encoding="utf-8")
@@ -119,6 +133,7 @@ def sweep(
     out: Path,
     jobs: int,
     budget: int = 1,
+    optimizer: str = "adam",
 ) -> Results:
     """Every setting on every cell and seed; the first setting first (it trains the
     checkpoints the others load), the rest ``jobs`` at a time."""
@@ -128,7 +143,7 @@ def sweep(
 
     def run_job(job: tuple[Cell, int, str]) -> dict[str, Any]:
         cell, seed, name = job
-        return run_one(cell, seed, name, configs[name], out, budget)
+        return run_one(cell, seed, name, configs[name], out, budget, optimizer)
 
     with ThreadPoolExecutor(max(1, jobs)) as pool:
         for phase in ([j for j in todo if j[2] == first], [j for j in todo if j[2] != first]):
@@ -147,6 +162,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
     parser.add_argument("--budget", type=int, default=1, help="x the script's recovery epochs")
     parser.add_argument(
+        "--optimizer", choices=OPTIMIZERS, default="adam", help="the scripts' recovery optimizer"
+    )
+    parser.add_argument(
         "--baseline", default="plain", help="the setting the table compares the others with"
     )
     options = parser.parse_args(argv)
@@ -159,7 +177,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error(f"sweep: {exc}")
         return 2
     cells = [cell for cell in CELLS if not keys or cell.key in keys]
-    results = sweep(configs, cells, seeds, options.out, options.jobs, max(1, options.budget))
+    results = sweep(
+        configs,
+        cells,
+        seeds,
+        options.out,
+        options.jobs,
+        max(1, options.budget),
+        options.optimizer,
+    )
     cell_keys = [c.key for c in cells]
     print("\n".join(summary_lines(results, cell_keys, list(configs), seeds)))
     table = comparison_table(results, cell_keys, list(configs), seeds, options.baseline)

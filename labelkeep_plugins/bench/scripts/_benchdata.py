@@ -11,12 +11,13 @@ on the held-out test split, so a tuner can search on ``val`` and the bench repor
 
 from __future__ import annotations
 
+import argparse
 import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -30,6 +31,10 @@ from labelkeep_plugins.experiments.data import (  # the one split; activates not
 
 SPLITS = ("val", "test")
 VALIDATION_FRACTION = 0.2
+# The recovery optimizers of the frameworks' own examples: Adam, and SGD with momentum.
+OPTIMIZERS = ("adam", "sgd")
+DEFAULT_LR = {"adam": 1e-3, "sgd": 1e-2}
+SGD_MOMENTUM = 0.9
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,24 @@ def pretrained(model: nn.Module, path: str | None, train: Callable[[], None], se
     train()
     if path:
         _atomic_save(lambda f: torch.save(model.state_dict(), f), Path(path))
+
+
+def add_optimizer_args(parser: argparse.ArgumentParser) -> None:
+    """``--optimizer`` and ``--lr`` of the recovery (pretraining always uses Adam)."""
+    parser.add_argument(
+        "--optimizer", choices=OPTIMIZERS, default="adam", help="recovery optimizer"
+    )
+    parser.add_argument(
+        "--lr", type=float, help="recovery learning rate (default: 1e-3 Adam, 1e-2 SGD)"
+    )
+
+
+def optimizer_spec(args: argparse.Namespace) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+    """The recovery optimizer's class and keyword arguments (NNI traces the class)."""
+    lr = DEFAULT_LR[args.optimizer] if args.lr is None else args.lr
+    if args.optimizer == "sgd":
+        return torch.optim.SGD, {"lr": lr, "momentum": SGD_MOMENTUM}
+    return torch.optim.Adam, {"lr": lr}
 
 
 def train(model: nn.Module, loader: DataLoader, criterion, optimizer, epochs: int) -> None:

@@ -15,7 +15,16 @@ import argparse
 
 import brevitas.nn as qnn
 import torch
-from _benchdata import DATASETS, SPLITS, evaluate, load_data, pretrained, train
+from _benchdata import (
+    DATASETS,
+    SPLITS,
+    add_optimizer_args,
+    evaluate,
+    load_data,
+    optimizer_spec,
+    pretrained,
+    train,
+)
 from brevitas.graph.calibrate import calibration_mode
 from brevitas.graph.quantize import layerwise_quantize
 from brevitas.quant import Int8ActPerTensorFloat, Int8WeightPerTensorFloat, Int32Bias
@@ -78,7 +87,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--depth", type=int, default=2, help="hidden (conv) layers")
     parser.add_argument("--pretrain-epochs", type=int, default=20)
     parser.add_argument("--epochs", type=int, default=6, help="QAT epochs")
-    parser.add_argument("--lr", type=float, default=1e-3, help="QAT learning rate")
+    add_optimizer_args(parser)
     parser.add_argument("--weight-bits", type=int, default=2)
     parser.add_argument("--act-bits", type=int, default=4)
     parser.add_argument(
@@ -107,8 +116,8 @@ def main(argv: list[str] | None = None) -> None:
     layer_map = low_bit_layer_map(args.weight_bits, args.act_bits)
     model = layerwise_quantize(model, compute_layer_map=layer_map)
     calibrate(model, data.train)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    train(model, data.train, criterion, optimizer, args.epochs)
+    optimizer_class, options = optimizer_spec(args)
+    train(model, data.train, criterion, optimizer_class(model.parameters(), **options), args.epochs)
     accuracy, loss = evaluate(model, data.evaluate)
     bits = f"W{args.weight_bits}A{args.act_bits}"
     print(f"{bits} QAT model: {args.split} accuracy {accuracy:.4f}, loss {loss:.4f}")

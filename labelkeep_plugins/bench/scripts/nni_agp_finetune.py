@@ -15,7 +15,15 @@ import argparse
 import nni
 import torch
 import torch.nn.functional as F
-from _benchdata import DATASETS, SPLITS, evaluate, load_data, pretrained
+from _benchdata import (
+    DATASETS,
+    SPLITS,
+    add_optimizer_args,
+    evaluate,
+    load_data,
+    optimizer_spec,
+    pretrained,
+)
 from nni.compression import TorchEvaluator
 from nni.compression.pruning import AGPPruner, TaylorPruner
 from nni.compression.speedup import ModelSpeedup
@@ -78,7 +86,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=6, help="fine-tuning epochs after pruning")
     parser.add_argument("--prune-steps", type=int, default=25, help="steps per AGP round")
     parser.add_argument("--sparsity", type=float, default=0.75, help="conv channels removed")
-    parser.add_argument("--lr", type=float, default=1e-3)
+    add_optimizer_args(parser)
     parser.add_argument(
         "--pretrained", help="checkpoint to load, or to write after training ({seed}: the seed)"
     )
@@ -89,7 +97,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def prune(model: nn.Module, training_model, dummy_input, args: argparse.Namespace) -> None:
     """AGP + Taylor through NNI's TorchEvaluator, unwrap, then speed the masks up."""
     config_list = [{"op_types": ["Conv1d"], "sparse_ratio": args.sparsity}]
-    traced_optimizer = nni.trace(torch.optim.Adam)(model.parameters(), lr=args.lr)
+    optimizer_class, options = optimizer_spec(args)
+    traced_optimizer = nni.trace(optimizer_class)(model.parameters(), **options)
     evaluator = TorchEvaluator(
         training_model, traced_optimizer, training_step, dummy_input=dummy_input
     )
@@ -122,7 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     prune(model, training_model, dummy_input, args)
     print(f"pruned: {sum(p.numel() for p in model.parameters())} parameters left")
 
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    optimizer_class, options = optimizer_spec(args)
+    optimizer = optimizer_class(model.parameters(), **options)
     training_model(model, optimizer, training_step, max_epochs=args.epochs)
     accuracy, loss = evaluate(model, data.evaluate)
     print(f"fine-tuned: {args.split} accuracy {accuracy:.4f}, loss {loss:.4f}")

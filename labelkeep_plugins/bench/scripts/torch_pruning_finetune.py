@@ -13,7 +13,16 @@ import argparse
 
 import torch
 import torch_pruning as tp
-from _benchdata import DATASETS, SPLITS, evaluate, load_data, pretrained, train
+from _benchdata import (
+    DATASETS,
+    SPLITS,
+    add_optimizer_args,
+    evaluate,
+    load_data,
+    optimizer_spec,
+    pretrained,
+    train,
+)
 from torch import nn
 
 
@@ -80,9 +89,8 @@ class ResNet(nn.Module):
 ARCHITECTURES = {"cnn": Net, "resnet": ResNet}
 
 
-def fit(model: nn.Module, loader, epochs: int, lr: float) -> None:
-    """Adam and cross-entropy, the way torch-pruning's examples fine-tune."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+def fit(model: nn.Module, loader, epochs: int, optimizer: torch.optim.Optimizer) -> None:
+    """Cross-entropy and the given optimizer, the way torch-pruning's examples fine-tune."""
     train(model, loader, nn.CrossEntropyLoss(), optimizer, epochs)
 
 
@@ -96,7 +104,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pretrain-epochs", type=int, default=20)
     parser.add_argument("--epochs", type=int, default=6, help="fine-tuning epochs after pruning")
     parser.add_argument("--pruning-ratio", type=float, default=0.8, help="channels removed")
-    parser.add_argument("--lr", type=float, default=1e-3)
+    add_optimizer_args(parser)
     parser.add_argument(
         "--pretrained", help="checkpoint to load, or to write after training ({seed}: the seed)"
     )
@@ -111,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     model = ARCHITECTURES[args.arch](args.width, data.features, data.classes)
 
     def pretrain() -> None:
-        fit(model, data.train, args.pretrain_epochs, 3e-3)
+        fit(model, data.train, args.pretrain_epochs, torch.optim.Adam(model.parameters(), 3e-3))
 
     pretrained(model, args.pretrained, pretrain, args.seed)
     torch.manual_seed(args.seed + 1)  # the same batches whether trained or loaded
@@ -131,7 +139,8 @@ def main(argv: list[str] | None = None) -> None:
     macs, params = tp.utils.count_ops_and_params(model, example_inputs)
     print(f"pruned: params {base_params:.0f} -> {params:.0f}, MACs {base_macs:.0f} -> {macs:.0f}")
 
-    fit(model, data.train, args.epochs, args.lr)
+    optimizer_class, options = optimizer_spec(args)
+    fit(model, data.train, args.epochs, optimizer_class(model.parameters(), **options))
     accuracy, loss = evaluate(model, data.evaluate)
     print(f"fine-tuned: {args.split} accuracy {accuracy:.4f}, loss {loss:.4f}")
 
