@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -26,6 +29,25 @@ def _step(tuner: CatchUpTuner, student, reference, labels) -> None:
     tuner.labelkeep_training_step(
         student_logits=student, reference_logits=reference, targets=labels, terms={}
     )
+
+
+def _net() -> nn.Module:
+    return nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))
+
+
+@contextlib.contextmanager
+def _attached(model: nn.Module, reference_model: nn.Module) -> Iterator[tuple[Any, CatchUpTuner]]:
+    """``model`` attached with a live catch-up tuner, as a session wires them."""
+    tuner = _tuner()
+    handle = attach(model, snapshot_reference(reference_model), loss=tuner.loss_config())
+    tuner.bind(handle.composer.defer)
+    manager = load_plugins()
+    manager.register(tuner)
+    try:
+        yield handle, tuner
+    finally:
+        manager.unregister(tuner)
+        handle.detach()
 
 
 def _fit(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -84,20 +106,11 @@ def test_the_teacher_waits_for_the_first_measurement() -> None:
 
 def test_attached_the_first_step_trains_on_the_users_loss_alone() -> None:
     torch.manual_seed(5)
-    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))
+    model = _net()
     twin = copy.deepcopy(model)
-    reference_model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))
     x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
-    tuner = _tuner()
-    handle = attach(model, snapshot_reference(reference_model), loss=tuner.loss_config())
-    tuner.bind(handle.composer.defer)
-    manager = load_plugins()
-    manager.register(tuner)
-    try:
+    with _attached(model, _net()) as (_, tuner):
         F.cross_entropy(model(x), y).backward()
-    finally:
-        manager.unregister(tuner)
-        handle.detach()
     F.cross_entropy(twin(x), y).backward()
     for attached, plain in zip(model.parameters(), twin.parameters(), strict=True):
         torch.testing.assert_close(attached.grad, plain.grad)
@@ -123,20 +136,11 @@ def test_an_ignore_index_is_left_out_not_counted() -> None:
 
 def test_attached_the_gate_reaches_the_live_loss() -> None:
     torch.manual_seed(3)
-    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))
+    model = _net()
     x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
-    reference_model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))
-    tuner = _tuner()
-    handle = attach(model, snapshot_reference(reference_model), loss=tuner.loss_config())
-    tuner.bind(handle.composer.defer)
-    manager = load_plugins()
-    manager.register(tuner)
-    try:
+    with _attached(model, _net()) as (handle, tuner):
         F.cross_entropy(model(x), y).backward()
         model(x)  # the next forward applies the weights chosen at the first step
-    finally:
-        manager.unregister(tuner)
-        handle.detach()
     assert tuner.measured
     assert handle.composer.loss.weights["kd"] == pytest.approx(2.0 * tuner.gate)
 
@@ -144,19 +148,11 @@ def test_attached_the_gate_reaches_the_live_loss() -> None:
 def test_a_batch_with_an_ignore_index_still_reaches_the_tuner_masked() -> None:
     """Training labels pass on unchecked (no device sync); the tuner masks the ignored ones."""
     torch.manual_seed(4)
-    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))
+    model, reference_model = _net(), _net()
     x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
     y[::4] = -100  # e.g. padding, as F.cross_entropy's default ignore_index
-    reference_model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))
-    tuner = _tuner()
-    handle = attach(model, snapshot_reference(reference_model), loss=tuner.loss_config())
-    manager = load_plugins()
-    manager.register(tuner)
-    try:
+    with _attached(model, reference_model) as (_, tuner):
         F.cross_entropy(model(x), y).backward()
-    finally:
-        manager.unregister(tuner)
-        handle.detach()
     assert tuner.measured
     kept = y != -100
     with torch.no_grad():
