@@ -989,3 +989,21 @@ def test_reference_cache_serves_repeated_inputs_with_identical_gradients(
     step(student)
     plain.detach()
     assert_grads_equal(grads_of(cached_student), grads_of(student), atol=0, rtol=0)
+
+
+def test_eval_mode_backwards_reach_their_subscribers_until_unsubscribed() -> None:
+    """Adapters hear the backwards the loss never reached (a model left in eval mode)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3))
+    heard: list[int] = []
+    with attach(model, snapshot_reference(model)) as handle:
+        unsubscribe = handle.on_eval_mode_backward(lambda: heard.append(1))
+        model.eval()
+        model(torch.randn(5, 4))  # evaluation without no_grad and no backward: not training
+        assert heard == []
+        model(torch.randn(5, 4)).sum().backward()
+        assert heard == [1]
+        unsubscribe()
+        unsubscribe()  # twice is harmless
+        model(torch.randn(5, 4)).sum().backward()
+        assert heard == [1] and handle.stats.eval_mode_backwards == 2

@@ -66,6 +66,11 @@ _attached: weakref.WeakKeyDictionary[nn.Module, InjectionHandle] = weakref.WeakK
 _standalone = [0]  # handles made by attach() (and LabelPreservingLoss) in this process
 
 
+def _discard(listeners: list[Callable[[], None]], callback: Callable[[], None]) -> None:
+    if callback in listeners:
+        listeners.remove(callback)
+
+
 def standalone_attaches() -> int:
     """How many handles :func:`attach` made in this process (a session's are not counted)."""
     return _standalone[0]
@@ -131,6 +136,7 @@ class InjectionHandle:
         self._registry = ForwardRegistry(self._released.append)
         self._events = Events(load_plugins().hook, listener)
         self._muted = 0
+        self._eval_mode_listeners: list[Callable[[], None]] = []
         self.function_matching = FunctionMatching(self._student_on_copy, self._reference_logits)
         self._attached = True
         self._forward_hook = student.register_forward_hook(
@@ -305,9 +311,21 @@ class InjectionHandle:
         self._notify_training(entry, values, None)
         return grad * self.composer.ground_truth_weight + extra_grad.to(grad.dtype)
 
+    def on_eval_mode_backward(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` at each backward through a forward read as evaluation.
+
+        Such a backward is training the loss never reached (the model left in eval
+        mode); an adapter that knows its framework's cause says it at the first one.
+        Returns the function that unsubscribes ``callback``.
+        """
+        self._eval_mode_listeners.append(callback)
+        return functools.partial(_discard, self._eval_mode_listeners, callback)
+
     def _on_eval_mode_backward(self, grad: torch.Tensor) -> None:
         """A backward through an eval-mode forward: training the loss never reached."""
         self.stats.eval_mode_backwards += 1
+        for callback in list(self._eval_mode_listeners):
+            callback()
 
     def _notify_training(
         self,

@@ -198,10 +198,7 @@ class TorchPruningAdapter(PatchingAdapter):
             phase = self._phases.get(student)
             if phase is None:
                 phase = StudentPhase(
-                    handle,
-                    selector=session.config.logits,
-                    warn=self._warn,
-                    guard=functools.partial(session.guard, self.name),
+                    handle, warn=self._warn, guard=functools.partial(session.guard, self.name)
                 )
                 self._phases[student] = phase
             phase.adopt(handle)

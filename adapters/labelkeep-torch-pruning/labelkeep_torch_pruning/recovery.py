@@ -9,26 +9,16 @@ released and the user's fine-tuning trains against the loss.
 
 torch-pruning's tracer also leaves the model in eval mode, so a user who forgets
 ``model.train()`` fine-tunes with frozen batch-norm statistics, and labelkeep reads
-those forwards as evaluation. :class:`EvalModeWatch` notices the first backward
-through an eval-mode forward after pruning and says so once.
+those forwards as evaluation. :class:`EvalModeWatch` hears the injector's first
+backward through an eval-mode forward after pruning and names that cause once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import Any
 
-import torch
-from torch import nn
-
-from labelkeep_plugins.zero_code.adapter_api import (
-    ForwardHook,
-    InjectionHandle,
-    LabelkeepError,
-    LogitsSelector,
-    as_logits,
-)
+from labelkeep_plugins.zero_code.adapter_api import InjectionHandle
 
 Guard = Callable[[], AbstractContextManager[None]]
 
@@ -42,63 +32,49 @@ EVAL_MODE_MESSAGE = (
 
 
 class EvalModeWatch:
-    """Warn once if a backward runs through an eval-mode forward of ``model``.
+    """Say once, mid-run, why a backward ran through an eval-mode forward after pruning.
 
-    A forward alone proves nothing (evaluating without ``no_grad`` is common), so a
-    gradient hook on the logits waits for an actual backward. The watch ends at the
-    first train-mode forward or after it has warned. Like the injector's, its hook is
-    a :class:`ForwardHook`: copies of the model (``count_ops_and_params``,
-    ``copy.deepcopy``, ``torch.save(model)``) carry an inert hook instead.
+    The injector already counts such backwards (the exit notice gives their number and
+    the fix); the watch subscribes to them on the handle to name torch-pruning's own
+    cause at the first one. It ends without a word once a training step was seen in
+    train mode, and follows the handle when the model is attached again.
     """
 
-    def __init__(
-        self, model: nn.Module, selector: LogitsSelector, warn: Callable[[str], None], guard: Guard
-    ) -> None:
-        self._selector = selector
+    def __init__(self, handle: InjectionHandle, warn: Callable[[str], None], guard: Guard) -> None:
         self._warn = warn
         self._guard = guard
         self.done = False
-        self._hook = model.register_forward_hook(ForwardHook(self._on_forward))
+        self._unsubscribe: Callable[[], None] = lambda: None
+        self.follow(handle)
+
+    def follow(self, handle: InjectionHandle) -> None:
+        """Watch ``handle`` (a new attachment of the same model) instead of the old one."""
+        self._unsubscribe()
+        if self.done:
+            return
+        self._handle = handle
+        self._trained = handle.stats.training_forwards
+        self._unsubscribe = handle.on_eval_mode_backward(self._on_backward)
 
     def remove(self) -> None:
         self.done = True
-        self._hook.remove()
+        self._unsubscribe()
 
-    def _on_forward(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        if self.done:
-            return
+    def _on_backward(self) -> None:
         with self._guard():
-            if module.training:
-                self.remove()
-                return
-            if not torch.is_grad_enabled():
-                return
-            try:
-                logits = as_logits(output, self._selector)
-            except LabelkeepError:
-                return
-            if logits.requires_grad:
-                logits.register_hook(self._on_backward)
-
-    def _on_backward(self, grad: torch.Tensor) -> None:
-        if not self.done:
+            trained = self._handle.stats.training_forwards > self._trained
             self.remove()
-            self._warn(EVAL_MODE_MESSAGE)
+            if not trained:
+                self._warn(EVAL_MODE_MESSAGE)
 
 
 class StudentPhase:
     """Holds the loss back while importance is estimated; opens it once the model is pruned."""
 
     def __init__(
-        self,
-        handle: InjectionHandle,
-        *,
-        selector: LogitsSelector,
-        warn: Callable[[str], None],
-        guard: Guard,
+        self, handle: InjectionHandle, *, warn: Callable[[str], None], guard: Guard
     ) -> None:
         self.handle = handle
-        self._selector = selector
         self._warn = warn
         self._guard = guard
         self._hold: AbstractContextManager[None] | None = None
@@ -117,6 +93,8 @@ class StudentPhase:
         held = self.holding
         self.release()
         self.handle = handle
+        if self._watch is not None:
+            self._watch.follow(handle)
         if held:
             self.hold()
 
@@ -137,9 +115,7 @@ class StudentPhase:
         self.release()
         self.pruned = True
         if self._watch is None:
-            self._watch = EvalModeWatch(
-                self.handle.student, self._selector, self._warn, self._guard
-            )
+            self._watch = EvalModeWatch(self.handle, self._warn, self._guard)
 
     def close(self) -> None:
         """Release the hold and remove the watch (at uninstrument)."""
