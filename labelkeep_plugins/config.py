@@ -29,8 +29,8 @@ DEFAULT_CONFIG_FILE = "labelkeep.yaml"
 # Defaults chosen on the bench (README, "Choosing the default"): the user's loss at full weight,
 # so the script's learning rate keeps its meaning, and KD at T 4, where the reference's relative
 # logits still say what the labels do not. No focal weights: boosting the samples the reference
-# gets right did not cut negative flips in any measured case; a hinge on the reference's label
-# (the `hinge` term) did no better than KD alone over 24 cells. The catch-up tuner (the default
+# gets right did not cut negative flips in any measured case; adding a hinge on the reference's
+# label (the `hinge` term) was mixed over 24 cells. The catch-up tuner (the default
 # tuner) holds the KD term back while the student lags behind its reference on the labels.
 DEFAULT_WEIGHTS: Mapping[str, float] = {"ce": 1.0, "kd": 1.0}
 DEFAULT_TEMPERATURE = 4.0

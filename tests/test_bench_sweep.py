@@ -133,6 +133,15 @@ def test_a_budget_keeps_its_runs_apart_in_the_folder_the_bench_uses(tmp_path, fa
     assert (RunKey("nni/digits/heavy", "plain", 0).directory(tmp_path) / sweep.RESULT_FILE).exists()
 
 
+def test_a_setting_edited_under_its_name_runs_again(tmp_path, fake):
+    args = ["--seeds", "0", "--cells", "nni/digits/heavy", "--out", str(tmp_path)]
+    assert sweep.main([str(write(tmp_path, {"kd": {"weights": {"kd": 1.0}}})), *args]) == 0
+    assert sweep.main([str(write(tmp_path, {"kd": {"weights": {"kd": 1.0}}})), *args]) == 0
+    assert len(fake.calls) == 1  # the same configuration: read back
+    assert sweep.main([str(write(tmp_path, {"kd": {"weights": {"kd": 2.0}}})), *args]) == 0
+    assert len(fake.calls) == 2  # another configuration under the same name: run again
+
+
 def test_sgd_recovery_runs_apart_and_tells_the_script(tmp_path, fake):
     settings = write(tmp_path, {"plain": {"weights": {"ce": 1.0}}})
     args = [str(settings), "--seeds", "0", "--cells", "nni/digits/heavy", "--out", str(tmp_path)]

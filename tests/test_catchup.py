@@ -124,6 +124,23 @@ def test_without_labels_the_configured_weights_apply_and_nothing_is_measured() -
     assert not tuner.measured and dict(tuner.loss_config().weights) == dict(LOSS.weights)
 
 
+def test_a_first_batch_of_ignored_labels_leaves_the_gate_to_the_next_step() -> None:
+    tuner = _tuner()
+    ignored = torch.full((4,), -100)
+    _step(tuner, torch.randn(4, 3), torch.randn(4, 3), ignored)
+    assert not tuner.measured and tuner.loss_config().weights["kd"] == 0.0
+    labels = torch.randint(0, 3, (4,))
+    _step(tuner, torch.randn(4, 3), 6 * F.one_hot(labels, 3).float(), labels)  # step 2
+    assert tuner.measured and tuner.loss_config().weights["kd"] > 0.0
+
+
+def test_an_unmeasured_state_resumes_closed() -> None:
+    tuner = _tuner()
+    resumed = _tuner()
+    resumed.load_state_dict(tuner.state_dict())
+    assert not resumed.measured and resumed.loss_config().weights["kd"] == 0.0
+
+
 def test_an_ignore_index_is_left_out_not_counted() -> None:
     labels = torch.tensor([0, 1, -100, 2])
     student, reference = torch.randn(4, 3), torch.randn(4, 3)

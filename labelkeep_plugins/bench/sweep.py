@@ -10,7 +10,9 @@
 bench run does (the same scripts, test split, epochs and pretrained checkpoints, which
 ``--out`` shares between settings), and the figures per seed are printed, then a table of
 each setting against ``--baseline`` (``plain``; :mod:`.sweep_table`). Finished runs
-are read back, so adding a setting to the file reruns only what is new. ``--budget``
+are read back, so adding a setting to the file reruns only what is new; a setting whose
+configuration changed under the same name runs again (a code change does not: compare
+two commits in two ``--out`` folders). ``--budget``
 multiplies the script's recovery epochs (the runs of each budget are kept apart).
 ``--optimizer sgd`` recovers with SGD (momentum 0.9, learning rate 1e-2) instead of the
 scripts' Adam, as many of the frameworks' own examples do (its runs are kept apart too).
@@ -37,6 +39,8 @@ from labelkeep_plugins.plugins import check_terms
 from labelkeep_plugins.tuners.base import make_tuner
 
 RESULT_FILE = "figures.json"
+SETTINGS_FILE = "settings.json"  # the configuration the figures were measured with
+OPTIMIZERS = ("adam", "sgd")  # the bench scripts' --optimizer choices; adam is theirs
 
 
 def settings_from_file(path: Path) -> dict[str, Config]:
@@ -59,7 +63,26 @@ def settings_from_file(path: Path) -> dict[str, Config]:
     return configs
 
 
-OPTIMIZERS = ("adam", "sgd")  # the bench scripts' --optimizer choices; adam is theirs
+def _saved_figures(directory: Path, config: Config) -> dict[str, Any] | None:
+    """The figures of a finished run of this very configuration, else None (run it).
+
+    A setting renamed or edited in the settings file must not read back the figures of
+    what ran under its name before. Code changes are not seen: compare commits with a
+    fresh ``--out``.
+    """
+    saved = directory / RESULT_FILE
+    if not saved.exists():
+        return None
+    settings = directory / SETTINGS_FILE
+    if settings.exists() and json.loads(settings.read_text(encoding="utf-8")) != _as_json(config):
+        logger.info(f"sweep: {directory} ran another configuration under this name; rerunning")
+        return None
+    figures: dict[str, Any] = json.loads(saved.read_text(encoding="utf-8"))
+    return figures
+
+
+def _as_json(config: Config) -> Any:
+    return json.loads(json.dumps(config.to_dict()))
 
 
 def run_one(
@@ -75,9 +98,8 @@ def run_one(
     variant = ("" if budget == 1 else f"/x{budget}") + ("" if optimizer == "adam" else "/sgd")
     key = RunKey(f"{cell.key}{variant}", name, seed)
     directory = key.directory(out)
-    saved = directory / RESULT_FILE
-    if saved.exists():
-        figures: dict[str, Any] = json.loads(saved.read_text(encoding="utf-8"))
+    figures = _saved_figures(directory, config)
+    if figures is not None:
         return figures
     profile = PROFILES["default"]
     settings = BenchSettings(
@@ -96,7 +118,8 @@ def run_one(
     result = execute.execute_run(key, command, config, directory)
     figures = result.figures if result.ok else {"error": result.error}
     directory.mkdir(parents=True, exist_ok=True)
-    saved.write_text(json.dumps(figures), encoding="utf-8")
+    (directory / SETTINGS_FILE).write_text(json.dumps(_as_json(config)), encoding="utf-8")
+    (directory / RESULT_FILE).write_text(json.dumps(figures), encoding="utf-8")
     return figures
 
 

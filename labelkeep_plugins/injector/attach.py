@@ -67,6 +67,7 @@ _standalone = [0]  # handles made by attach() (and LabelPreservingLoss) in this 
 
 
 def _discard(listeners: list[Callable[[], None]], callback: Callable[[], None]) -> None:
+    """Unsubscribe ``callback``; a second call does nothing."""
     if callback in listeners:
         listeners.remove(callback)
 
@@ -321,8 +322,11 @@ class InjectionHandle:
         self._eval_mode_listeners.append(callback)
         return functools.partial(_discard, self._eval_mode_listeners, callback)
 
+    @_contained
     def _on_eval_mode_backward(self, grad: torch.Tensor) -> None:
         """A backward through an eval-mode forward: training the loss never reached."""
+        if not self._attached:  # a hook left on a graph built before detach()
+            return
         self.stats.eval_mode_backwards += 1
         for callback in list(self._eval_mode_listeners):
             callback()

@@ -19,12 +19,13 @@ the user's loss keeps its weight. Both fits are summed on their device and read 
 interval.
 
 The gate starts closed: the first training step is the user's loss alone, and the gate
-measured on it applies from the second step on. Opening it before anything was measured
-gave a freshly quantized model one step of full teacher weight; under SGD with momentum
-that step wrecked the bench's 2-bit Brevitas MLP for good (test accuracy 96.5% plain,
-21-36% after, on 3 seeds). A step without labels (the gradient path never sees them) cannot be
-measured: then the configured weights apply unchanged, and the report says the gate was
-never measured.
+measured on it applies from the second step on (a batch whose labels are all
+``ignore_index`` measures nothing: the gate is read again at the next step). Opening it
+before anything was measured gave a freshly quantized model one step of full teacher
+weight; under SGD with momentum that step wrecked the bench's 2-bit Brevitas MLP for good
+(test accuracy 96.5% plain, 21-36% after, on 3 seeds). A step without labels (the
+gradient path never sees them) cannot be measured: then the configured weights apply
+unchanged, and the report says the gate was never measured.
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ class CatchUpTuner(LiveTuner):
         )
         self._sums = sums if self._sums is None else self._sums + sums
         self.steps += 1
-        if self.steps == 1 or self.steps % self.interval == 0:
+        if not self.measured or self.steps % self.interval == 0:
             self._update()
 
     def _unmeasurable(self) -> None:

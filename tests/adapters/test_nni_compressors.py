@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from labelkeep_plugins import Config, checksum
+from labelkeep_plugins.config import FocalConfig, LossConfig
 from labelkeep_plugins.zero_code.instrument import instrumented
 
 SCRIPTS = Path(__file__).parent / "scripts"
@@ -138,8 +139,14 @@ def test_loss_is_active_in_every_nni_training_step(name: str) -> None:
     assert not model._forward_hooks and not model._forward_pre_hooks
 
 
-def test_nni_driven_step_is_exact_and_counted_once() -> None:
-    config = Config(tuner="fixed")
+WITH_HINGE = LossConfig(
+    weights={"ce": 1.0, "kd": 1.0, "hinge": 0.5}, temperature=4.0, focal=FocalConfig(1.0, 2.0)
+)
+
+
+@pytest.mark.parametrize("loss", [LossConfig(), WITH_HINGE], ids=["default", "hinge_focal"])
+def test_nni_driven_step_is_exact_and_counted_once(loss: LossConfig) -> None:
+    config = Config(loss=loss, tuner="fixed")
     checked: list[bool] = []
     model = user.pretrained()
 

@@ -507,3 +507,31 @@ def test_torchrun_example_reports_per_rank(tmp_path: Path) -> None:
         assert report["reference_intact"] and report["failures"] == []
         assert report["training_steps_with_loss"] == 32  # 2000 samples per rank, batches of 64
         assert report["agreement"]["labelled"] == 500
+
+
+def test_the_eval_mode_watch_follows_a_reattached_model() -> None:
+    """Trained in train mode on the old handle: an eval-mode backward on the new one is quiet;
+    not trained yet: the new handle's first eval-mode backward is said, once."""
+    from labelkeep_torch_pruning.recovery import EVAL_MODE_MESSAGE, EvalModeWatch
+
+    from labelkeep_plugins import attach, snapshot_reference
+
+    def eval_backward(model: nn.Module) -> None:
+        model.eval()
+        model(torch.randn(4, 3)).sum().backward()
+
+    for trained_first, expected in ((True, []), (False, [EVAL_MODE_MESSAGE])):
+        model = nn.Sequential(nn.Linear(3, 2))
+        said: list[str] = []
+        first = attach(model, snapshot_reference(model))
+        watch = EvalModeWatch(first, said.append, contextlib.nullcontext)
+        if trained_first:
+            model.train()
+            model(torch.randn(4, 3)).sum().backward()
+        first.detach()
+        second = attach(model, snapshot_reference(model))
+        watch.follow(second)
+        eval_backward(model)
+        eval_backward(model)
+        second.detach()
+        assert said == expected

@@ -44,13 +44,16 @@ class EvalModeWatch:
         self._warn = warn
         self._guard = guard
         self.done = False
+        self._handle: InjectionHandle | None = None
+        self._trained = 0  # the handle's training forwards when the watch started on it
         self._unsubscribe: Callable[[], None] = lambda: None
         self.follow(handle)
 
     def follow(self, handle: InjectionHandle) -> None:
         """Watch ``handle`` (a new attachment of the same model) instead of the old one."""
         self._unsubscribe()
-        if self.done:
+        if self.done or self._trained_since_start():
+            self.remove()  # the old handle already saw a train-mode step: nothing to say
             return
         self._handle = handle
         self._trained = handle.stats.training_forwards
@@ -60,9 +63,13 @@ class EvalModeWatch:
         self.done = True
         self._unsubscribe()
 
+    def _trained_since_start(self) -> bool:
+        handle = self._handle
+        return handle is not None and handle.stats.training_forwards > self._trained
+
     def _on_backward(self) -> None:
         with self._guard():
-            trained = self._handle.stats.training_forwards > self._trained
+            trained = self._trained_since_start()
             self.remove()
             if not trained:
                 self._warn(EVAL_MODE_MESSAGE)
