@@ -103,6 +103,9 @@ DATASETS: dict[str, tuple[str, str]] = {
 }
 
 LEVELS = ("moderate", "heavy")
+# The scripts' recovery optimizers (--optimizer), as the frameworks' own examples fine-tune;
+# the first is the bench's.
+OPTIMIZERS = ("adam", "sgd")
 
 _TP_MNIST1D = ("--arch", "cnn", "--width", "64")
 _TP_DIGITS = ("--arch", "resnet", "--width", "32")

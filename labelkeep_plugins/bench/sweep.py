@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from labelkeep_plugins.bench import execute
-from labelkeep_plugins.bench.cells import CELLS, PROFILES, Cell, parse_names
+from labelkeep_plugins.bench.cells import CELLS, OPTIMIZERS, PROFILES, Cell, parse_names
 from labelkeep_plugins.bench.plan import BenchSettings, RunKey, script_command
 from labelkeep_plugins.bench.sweep_table import comparison_table
 from labelkeep_plugins.config import Config, LossConfig
@@ -40,7 +40,6 @@ from labelkeep_plugins.tuners.base import make_tuner
 
 RESULT_FILE = "figures.json"
 SETTINGS_FILE = "settings.json"  # the configuration the figures were measured with
-OPTIMIZERS = ("adam", "sgd")  # the bench scripts' --optimizer choices; adam is theirs
 
 
 def settings_from_file(path: Path) -> dict[str, Config]:
@@ -92,10 +91,12 @@ def run_one(
     config: Config,
     out: Path,
     budget: int = 1,
-    optimizer: str = "adam",
+    optimizer: str = OPTIMIZERS[0],
 ) -> dict[str, Any]:
     """The figures of one run (from disk when it already ran), or its error."""
-    variant = ("" if budget == 1 else f"/x{budget}") + ("" if optimizer == "adam" else "/sgd")
+    variant = ("" if budget == 1 else f"/x{budget}") + (
+        "" if optimizer == OPTIMIZERS[0] else f"/{optimizer}"
+    )
     key = RunKey(f"{cell.key}{variant}", name, seed)
     directory = key.directory(out)
     figures = _saved_figures(directory, config)
@@ -113,7 +114,7 @@ def run_one(
         (),
     )
     command = script_command(cell, [seed], "test", settings, out)
-    if optimizer != "adam":
+    if optimizer != OPTIMIZERS[0]:
         command += ["--optimizer", optimizer]
     result = execute.execute_run(key, command, config, directory)
     figures = result.figures if result.ok else {"error": result.error}
@@ -156,7 +157,7 @@ def sweep(
     out: Path,
     jobs: int,
     budget: int = 1,
-    optimizer: str = "adam",
+    optimizer: str = OPTIMIZERS[0],
 ) -> Results:
     """Every setting on every cell and seed; the first setting first (it trains the
     checkpoints the others load), the rest ``jobs`` at a time."""
@@ -185,7 +186,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
     parser.add_argument("--budget", type=int, default=1, help="x the script's recovery epochs")
     parser.add_argument(
-        "--optimizer", choices=OPTIMIZERS, default="adam", help="the scripts' recovery optimizer"
+        "--optimizer",
+        choices=OPTIMIZERS,
+        default=OPTIMIZERS[0],
+        help="the scripts' recovery optimizer",
     )
     parser.add_argument(
         "--baseline", default="plain", help="the setting the table compares the others with"

@@ -77,10 +77,11 @@ class CatchUpTuner(LiveTuner):
         targets: torch.Tensor | None,
         terms: dict[str, torch.Tensor],
     ) -> None:
-        if targets is None or targets.shape != student_logits.shape[:1]:
-            self._unmeasurable()
-            return
-        if targets.is_floating_point():
+        if (
+            targets is None
+            or targets.shape != student_logits.shape[:1]
+            or targets.is_floating_point()  # soft targets: no labels to fit
+        ):
             self._unmeasurable()
             return
         labels = targets.to(student_logits.device)

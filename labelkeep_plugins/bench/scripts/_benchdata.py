@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from labelkeep_plugins.bench.cells import OPTIMIZERS  # the bench's grid; imports no torch
 from labelkeep_plugins.experiments.data import (  # the one split; activates nothing
     DATASETS,
     dataset_arrays,
@@ -31,8 +32,6 @@ from labelkeep_plugins.experiments.data import (  # the one split; activates not
 
 SPLITS = ("val", "test")
 VALIDATION_FRACTION = 0.2
-# The recovery optimizers of the frameworks' own examples: Adam, and SGD with momentum.
-OPTIMIZERS = ("adam", "sgd")
 DEFAULT_LR = {"adam": 1e-3, "sgd": 1e-2}
 SGD_MOMENTUM = 0.9
 
@@ -86,7 +85,7 @@ def pretrained(model: nn.Module, path: str | None, train: Callable[[], None], se
 def add_optimizer_args(parser: argparse.ArgumentParser) -> None:
     """``--optimizer`` and ``--lr`` of the recovery (pretraining always uses Adam)."""
     parser.add_argument(
-        "--optimizer", choices=OPTIMIZERS, default="adam", help="recovery optimizer"
+        "--optimizer", choices=OPTIMIZERS, default=OPTIMIZERS[0], help="recovery optimizer"
     )
     parser.add_argument(
         "--lr", type=float, help="recovery learning rate (default: 1e-3 Adam, 1e-2 SGD)"
@@ -99,6 +98,18 @@ def optimizer_spec(args: argparse.Namespace) -> tuple[type[torch.optim.Optimizer
     if args.optimizer == "sgd":
         return torch.optim.SGD, {"lr": lr, "momentum": SGD_MOMENTUM}
     return torch.optim.Adam, {"lr": lr}
+
+
+def recovery_optimizer(
+    args: argparse.Namespace,
+    parameters: Iterable[nn.Parameter],
+    wrap: Callable[[type[torch.optim.Optimizer]], Any] | None = None,
+) -> torch.optim.Optimizer:
+    """The recovery optimizer over ``parameters``; ``wrap`` (``nni.trace``) wraps its class."""
+    optimizer_class, options = optimizer_spec(args)
+    make = optimizer_class if wrap is None else wrap(optimizer_class)
+    optimizer: torch.optim.Optimizer = make(parameters, **options)
+    return optimizer
 
 
 def train(model: nn.Module, loader: DataLoader, criterion, optimizer, epochs: int) -> None:

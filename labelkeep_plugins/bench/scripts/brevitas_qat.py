@@ -21,8 +21,8 @@ from _benchdata import (
     add_optimizer_args,
     evaluate,
     load_data,
-    optimizer_spec,
     pretrained,
+    recovery_optimizer,
     train,
 )
 from brevitas.graph.calibrate import calibration_mode
@@ -116,8 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     layer_map = low_bit_layer_map(args.weight_bits, args.act_bits)
     model = layerwise_quantize(model, compute_layer_map=layer_map)
     calibrate(model, data.train)
-    optimizer_class, options = optimizer_spec(args)
-    train(model, data.train, criterion, optimizer_class(model.parameters(), **options), args.epochs)
+    train(model, data.train, criterion, recovery_optimizer(args, model.parameters()), args.epochs)
     accuracy, loss = evaluate(model, data.evaluate)
     bits = f"W{args.weight_bits}A{args.act_bits}"
     print(f"{bits} QAT model: {args.split} accuracy {accuracy:.4f}, loss {loss:.4f}")

@@ -21,8 +21,8 @@ from _benchdata import (
     add_optimizer_args,
     evaluate,
     load_data,
-    optimizer_spec,
     pretrained,
+    recovery_optimizer,
 )
 from nni.compression import TorchEvaluator
 from nni.compression.pruning import AGPPruner, TaylorPruner
@@ -97,8 +97,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def prune(model: nn.Module, training_model, dummy_input, args: argparse.Namespace) -> None:
     """AGP + Taylor through NNI's TorchEvaluator, unwrap, then speed the masks up."""
     config_list = [{"op_types": ["Conv1d"], "sparse_ratio": args.sparsity}]
-    optimizer_class, options = optimizer_spec(args)
-    traced_optimizer = nni.trace(optimizer_class)(model.parameters(), **options)
+    traced_optimizer = recovery_optimizer(args, model.parameters(), wrap=nni.trace)
     evaluator = TorchEvaluator(
         training_model, traced_optimizer, training_step, dummy_input=dummy_input
     )
@@ -131,8 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     prune(model, training_model, dummy_input, args)
     print(f"pruned: {sum(p.numel() for p in model.parameters())} parameters left")
 
-    optimizer_class, options = optimizer_spec(args)
-    optimizer = optimizer_class(model.parameters(), **options)
+    optimizer = recovery_optimizer(args, model.parameters())
     training_model(model, optimizer, training_step, max_epochs=args.epochs)
     accuracy, loss = evaluate(model, data.evaluate)
     print(f"fine-tuned: {args.split} accuracy {accuracy:.4f}, loss {loss:.4f}")

@@ -19,8 +19,8 @@ from _benchdata import (
     add_optimizer_args,
     evaluate,
     load_data,
-    optimizer_spec,
     pretrained,
+    recovery_optimizer,
     train,
 )
 from torch import nn
@@ -139,8 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     macs, params = tp.utils.count_ops_and_params(model, example_inputs)
     print(f"pruned: params {base_params:.0f} -> {params:.0f}, MACs {base_macs:.0f} -> {macs:.0f}")
 
-    optimizer_class, options = optimizer_spec(args)
-    fit(model, data.train, args.epochs, optimizer_class(model.parameters(), **options))
+    fit(model, data.train, args.epochs, recovery_optimizer(args, model.parameters()))
     accuracy, loss = evaluate(model, data.evaluate)
     print(f"fine-tuned: {args.split} accuracy {accuracy:.4f}, loss {loss:.4f}")
 
