@@ -149,6 +149,21 @@ def labelkeep_training_step(
 
 
 @hookspec
+def labelkeep_student_changed(student: nn.Module, where: str) -> None:
+    """Learn that an adapter changed the student's function between training steps.
+
+    A pruning round during recovery (NNI's scheduled pruners update their masks every few
+    steps; torch-pruning's iterative ``step()``) leaves a student that fits its labels
+    worse than the one the tuners measured. Tuners that weigh the teacher by what they
+    measured start over from here.
+
+    :param student: the model whose function changed (its root module).
+    :param where: what changed it, e.g. ``"nni: TaylorPruner.update_masks"``.
+    :return: nothing; every implementation is called.
+    """
+
+
+@hookspec
 def labelkeep_evaluation_batch(
     student_logits: torch.Tensor,
     reference_logits: torch.Tensor,

@@ -134,6 +134,42 @@ def test_a_first_batch_of_ignored_labels_leaves_the_gate_to_the_next_step() -> N
     assert tuner.measured and tuner.loss_config().weights["kd"] > 0.0
 
 
+def test_a_pruning_round_closes_the_gate_until_the_pruned_student_is_measured() -> None:
+    torch.manual_seed(6)
+    labels = torch.randint(0, 3, (4,))
+    reference, lagging = 8 * F.one_hot(labels, 3).float(), torch.randn(4, 3)
+    tuner = _tuner()
+    for _ in range(3):  # measured, then part of an interval summed
+        _step(tuner, reference, reference, labels)
+    assert tuner.gate == pytest.approx(1.0)
+    tuner.labelkeep_student_changed(student=_net(), where="a pruning round")
+    assert not tuner.measured and tuner.loss_config().weights["kd"] == 0.0
+    _step(tuner, lagging, reference, labels)  # the pruned student's first step, alone
+    expected = _fit(reference, labels) / _fit(lagging, labels)
+    assert tuner.measured and tuner.gate == pytest.approx(min(1.0, expected), rel=1e-5)
+    assert tuner.resets == 1 and tuner.state_dict()["resets"] == 1
+
+
+def test_attached_a_pruning_round_takes_the_teacher_off_the_next_step() -> None:
+    torch.manual_seed(7)
+    model = _net()
+    twin = copy.deepcopy(model)
+    x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+    with _attached(model, model) as (handle, tuner):
+        F.cross_entropy(model(x), y).backward()  # the student is its reference: gate 1
+        model(x)
+        assert handle.composer.loss.weights["kd"] == pytest.approx(2.0)
+        with torch.no_grad():  # a pruning round, the same in the twin
+            for net in (model, twin):
+                net[0].weight[::2] = 0.0
+        tuner.labelkeep_student_changed(student=model, where="a pruning round")
+        model.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+    F.cross_entropy(twin(x), y).backward()
+    for attached, plain in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(attached.grad, plain.grad)
+
+
 def test_an_unmeasured_state_resumes_closed() -> None:
     tuner = _tuner()
     resumed = _tuner()
@@ -193,6 +229,9 @@ def test_state_round_trips_and_a_foreign_state_is_refused() -> None:
         resumed.load_state_dict({"name": "softadapt"})
     with pytest.raises(ConfigError, match="interval"):
         resumed.load_state_dict({**before, "interval": 3})
+    assert resumed.state_dict() == before
+    older = {key: value for key, value in before.items() if key != "resets"}
+    resumed.load_state_dict(older)  # saved before pruning rounds were counted
     assert resumed.state_dict() == before
 
 

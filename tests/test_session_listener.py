@@ -85,3 +85,33 @@ def test_the_session_does_not_register_its_tuner_as_a_global_plugin() -> None:
     """The feedback loop is explicit: the session hands its tuner to its own handles."""
     with instrumented(Config()) as session:
         assert not get_plugin_manager().is_registered(session.tuner)
+
+
+class ChangeRecorder:
+    """A plugin that keeps what each ``labelkeep_student_changed`` told it."""
+
+    def __init__(self) -> None:
+        self.heard: list[tuple[nn.Module, str]] = []
+
+    @hookimpl
+    def labelkeep_student_changed(self, student: nn.Module, where: str) -> None:
+        self.heard.append((student, where))
+
+
+def test_a_changed_student_closes_the_sessions_gate_and_reaches_plugins() -> None:
+    recorder = ChangeRecorder()
+    get_plugin_manager().register(recorder, name="change-recorder")
+    try:
+        with instrumented(Config()) as session:
+            student, _ = _pair()
+            session.reference_for(student, framework="test", where="here")
+            session.attach(student)
+            _steps(student, 2)
+            assert session.tuner.measured
+            session.student_changed(student, "test: a pruning round")
+            assert not session.tuner.measured
+            assert session.tuner.loss_config().weights["kd"] == 0.0
+            assert session.report()["tuner"]["resets"] == 1
+    finally:
+        get_plugin_manager().unregister(recorder)
+    assert recorder.heard == [(student, "test: a pruning round")]

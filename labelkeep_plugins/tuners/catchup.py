@@ -26,6 +26,11 @@ weight; under SGD with momentum that step wrecked the bench's 2-bit Brevitas MLP
 (test accuracy 96.5% plain, 21-36% after, on 3 seeds). A step without labels (the
 gradient path never sees them) cannot be measured: then the configured weights apply
 unchanged, and the report says the gate was never measured.
+
+A pruning round during recovery (an adapter's ``labelkeep_student_changed``: NNI's
+scheduled pruners update their masks every few steps) closes the gate again: the gate
+measured on the less compressed student would give the freshly pruned one the teacher
+weight of a student that had caught up.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from labelkeep_plugins.config import Config, LossConfig
 from labelkeep_plugins.errors import ConfigError
@@ -63,6 +69,7 @@ class CatchUpTuner(LiveTuner):
         self.gate = 0.0  # closed until the first measurement (module docstring)
         self.measured = False
         self.steps = 0
+        self.resets = 0  # pruning rounds that closed the gate again
         self.trajectory: list[dict[str, Any]] = []
         self._sums: torch.Tensor | None = None  # (student fit, reference fit, samples)
 
@@ -100,6 +107,16 @@ class CatchUpTuner(LiveTuner):
         if not self.measured or self.steps % self.interval == 0:
             self._update()
 
+    @hookimpl
+    def labelkeep_student_changed(self, student: nn.Module, where: str) -> None:
+        """A pruning round: closed until the pruned student's first step is measured."""
+        self.resets += 1
+        self._sums = None
+        self.measured = False
+        if self.gate != 0.0:
+            self.gate = 0.0
+            self.switch()
+
     def _unmeasurable(self) -> None:
         """No labels to measure with: the configured weights apply, as with ``ce: 0``."""
         if not self.measured and self.gate != 1.0:
@@ -135,6 +152,7 @@ class CatchUpTuner(LiveTuner):
             "gate": self.gate,
             "measured": self.measured,
             "steps": self.steps,
+            "resets": self.resets,
             "trajectory": [dict(entry) for entry in self.trajectory],
         }
 
@@ -148,6 +166,7 @@ class CatchUpTuner(LiveTuner):
             )
         self.gate, self.measured = float(state["gate"]), bool(state["measured"])
         self.steps = int(state["steps"])
+        self.resets = int(state.get("resets", 0))  # absent in states saved before it existed
         self.trajectory = [dict(entry) for entry in state.get("trajectory", [])]
         self._sums = None
         self.switch()

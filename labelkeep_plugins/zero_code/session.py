@@ -168,6 +168,15 @@ class Session:
         handle = handle_of(student)
         return handle if any(handle is mine for mine in self._all_handles) else None
 
+    def student_changed(self, student: nn.Module, where: str) -> None:
+        """An adapter changed ``student``'s function between training steps (a pruning
+        round): the tuner hears it first, as it hears the steps, then the plugins."""
+        student = unwrap_model(student)
+        tell = getattr(self.tuner, "labelkeep_student_changed", None)
+        if callable(tell):
+            tell(student=student, where=where)
+        self._hooks.labelkeep_student_changed(student=student, where=where)
+
     @contextmanager
     def guard(self, adapter: str) -> Iterator[None]:
         """Contain a failure of labelkeep's own code: warn and go on, or raise when strict."""

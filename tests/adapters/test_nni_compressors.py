@@ -36,7 +36,7 @@ user = load_script("nni_user_script")
 
 def nni_attributes() -> dict[str, Any]:
     """Every attribute the adapter may patch, as stored on its class right now."""
-    from nni.compression.base.compressor import Compressor
+    from nni.compression.base.compressor import Compressor, Pruner
     from nni.compression.speedup.model_speedup import ModelSpeedup
     from nni.compression.utils import evaluator
 
@@ -44,6 +44,7 @@ def nni_attributes() -> dict[str, Any]:
         f"Compressor.{n}": Compressor.__dict__.get(n)
         for n in ("__init__", "compress", "_fusion_compress", "unwrap_model")
     }
+    found["Pruner.update_masks"] = Pruner.__dict__.get("update_masks")
     for cls_name in (
         "TorchEvaluator",
         "LightningEvaluator",
@@ -166,6 +167,26 @@ def test_nni_driven_step_is_exact_and_counted_once(loss: LossConfig) -> None:
         handle = session.handle_of(model)
         assert handle.stats.via_loss_value == user.STEPS["nni"] == 3
     assert checked == [True]
+
+
+def test_each_scheduled_pruning_round_closes_the_catchup_gate() -> None:
+    """AGP updates the masks every 2 of NNI's steps: each next step is measured alone."""
+    model = user.pretrained()
+    with instrumented(Config()) as session:
+        inner = user.TaylorPruner(model, user.CONV, user.make_evaluator(model), training_steps=2)
+        user.AGPPruner(inner, 2, 3).compress(6, None)
+        tuner = session.tuner
+    assert user.STEPS["nni"] == tuner.steps == 6
+    assert tuner.resets == 3
+    assert [entry["step"] for entry in tuner.trajectory] == [1, 3, 5]
+
+
+def test_a_one_shot_pruner_without_training_changes_no_gate() -> None:
+    model = user.pretrained()
+    with instrumented(Config()) as session:
+        user.L1NormPruner(model, user.CONV).compress()
+        assert session.handle_of(model) is not None
+        assert session.tuner.resets == 0
 
 
 def test_users_own_finetuning_after_compress_and_speedup_gets_the_loss_once() -> None:

@@ -535,3 +535,25 @@ def test_the_eval_mode_watch_follows_a_reattached_model() -> None:
         eval_backward(model)
         second.detach()
         assert said == expected
+
+
+def test_each_step_of_an_iterative_schedule_closes_the_catchup_gate() -> None:
+    """Pruning, fine-tuning, pruning again: the gate measured before no longer applies."""
+    model, x, y = tiny()
+    with instrumented(Config()) as session:
+        pruner = tp.pruner.MetaPruner(
+            model,
+            x[:2],
+            importance=tp.importance.GroupMagnitudeImportance(p=2),
+            pruning_ratio=0.5,
+            iterative_steps=2,
+            ignored_layers=[model.fc],
+        )
+        pruner.step()
+        finetune(model, x, y, 3)
+        tuner = session.tuner
+        assert tuner.measured
+        pruner.step()
+        assert not tuner.measured and tuner.loss_config().weights["kd"] == 0.0
+        finetune(model, x, y, 2)
+    assert [entry["step"] for entry in tuner.trajectory] == [1, 4]

@@ -18,6 +18,8 @@ classes before activation are reached; integration notes §1.1-1.6):
   the training, mutes the loss while an NNI *distiller* trains (it brings its own
   teacher loss), and warns when NNI trained but no training forward was seen.
 * ``Compressor.unwrap_model`` and ``ModelSpeedup``: see mask_watch / speedup.
+* ``Pruner.update_masks``: a scheduled pruner's round while the loss is attached
+  tells the session that the student changed (the catch-up gate closes again).
 
 Why one route (the host's generic hybrid injector, ``session.attach``) and not
 ``evaluator.patch_loss``: the patch only receives ``(loss, batch)``, so it would
@@ -104,6 +106,7 @@ class NNIAdapter(PatchingAdapter):
         self._wrap(compressor, "compress", self._compress)
         self._wrap(compressor, "_fusion_compress", self._fusion_compress)
         self._wrap(compressor, "unwrap_model", self._unwrap_model)
+        self._wrap(compressor_module.Pruner, "update_masks", self._update_masks)
         for name in EVALUATORS:
             evaluator_class = getattr(evaluator_module, name, None)
             if evaluator_class is not None and "bind_model" in evaluator_class.__dict__:
@@ -226,6 +229,18 @@ class NNIAdapter(PatchingAdapter):
             return result
 
         return unwrap_model
+
+    def _update_masks(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        def update_masks(compressor: Any, *args: Any, **kwargs: Any) -> Any:
+            result = original(compressor, *args, **kwargs)
+            model = getattr(compressor, "bound_model", None)
+            if self.session is not None and self.handle_of(model) is not None:
+                with self.guard():  # a pruning round mid-training: the tuner starts over
+                    where = f"nni: {type(compressor).__name__}.update_masks"
+                    self.session.student_changed(model, where)
+            return result
+
+        return update_masks
 
     # -- Evaluators ------------------------------------------------------------------------
 

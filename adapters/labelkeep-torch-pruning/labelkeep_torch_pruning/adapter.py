@@ -10,7 +10,9 @@ Where (torch-pruning 1.6.1):
 * ``DependencyGraph.build_dependency``: the same for the low-level API (a graph
   built without a pruner). Inside a pruner's construction it only passes through.
 * ``BasePruner.step`` and ``Group.prune``: the model has been pruned, so the loss
-  may act (see :mod:`labelkeep_torch_pruning.recovery` for why it waits).
+  may act (see :mod:`labelkeep_torch_pruning.recovery` for why it waits), and the
+  session hears that the student changed (an iterative schedule's later steps close the
+  catch-up gate until the pruned student is measured).
 
 The injector goes on the root module: ``step()`` replaces parameters and buffers,
 but the root module object survives, and under DDP its hooks fire inside DDP's forward.
@@ -213,6 +215,7 @@ class TorchPruningAdapter(PatchingAdapter):
             phase = self._phases.get(unwrap_model(model))
             if phase is not None:
                 phase.open()
+                session.student_changed(model, "torch-pruning: pruned")
 
     def _open_when_done(
         self, groups: Generator[Any, Any, Any], model: nn.Module | None
