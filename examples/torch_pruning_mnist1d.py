@@ -2,11 +2,14 @@
 
 A plain user script, written the way torch-pruning's README shows: build a
 ``MetaPruner`` with a magnitude importance, call ``pruner.step()``, then recover
-the accuracy with an ordinary training loop. (A real user would load pretrained
-weights; here the script trains them first, which takes a few seconds.)
+the accuracy with an ordinary training loop; with ``--steps N``, prune iteratively
+(``iterative_steps=N``: a ``step()`` then ``--epochs`` of fine-tuning, N times). (A
+real user would load pretrained weights; here the script trains them first, which
+takes a few seconds.)
 
     python examples/torch_pruning_mnist1d.py
     labelkeep-run --report report.json python examples/torch_pruning_mnist1d.py
+    python examples/torch_pruning_mnist1d.py --steps 4 --epochs 3 --pruning-ratio 0.6
 """
 
 from __future__ import annotations
@@ -70,7 +73,8 @@ def evaluate(model, loader):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pretrain-epochs", type=int, default=20)
-    parser.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs after pruning")
+    parser.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs per step")
+    parser.add_argument("--steps", type=int, default=1, help="iterative pruning steps")
     parser.add_argument("--pruning-ratio", type=float, default=0.8)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
@@ -101,14 +105,15 @@ def main():
         example_inputs,
         importance=tp.importance.GroupMagnitudeImportance(p=2),
         pruning_ratio=args.pruning_ratio,
+        iterative_steps=args.steps,
         ignored_layers=[model.classifier],
     )
-    pruner.step()
+    for _ in range(args.steps):
+        pruner.step()
+        train(model, train_loader, args.epochs, args.lr)  # fine-tune to recover the accuracy
     macs, params = tp.utils.count_ops_and_params(model, example_inputs)
     print(f"pruned: params {base_params:.0f} -> {params:.0f}, MACs {base_macs:.0f} -> {macs:.0f}")
 
-    # Fine-tune to recover the accuracy.
-    train(model, train_loader, args.epochs, args.lr)
     accuracy, loss = evaluate(model, test_loader)
     print(f"fine-tuned: test accuracy {accuracy:.4f}, test loss {loss:.4f}")
 
