@@ -9,6 +9,7 @@ import pytest
 
 from labelkeep_plugins.bench import execute, sweep
 from labelkeep_plugins.bench.store import RunResult
+from labelkeep_plugins.errors import ConfigError
 
 
 class FakeRuns:
@@ -153,6 +154,38 @@ def test_sgd_recovery_runs_apart_and_tells_the_script(tmp_path, fake):
     assert (tmp_path / "runs" / "nni-digits-heavy-x3-sgd" / "plain" / "seed0").is_dir()
 
 
+def test_a_reseeded_setting_tells_the_script_another_recovery_seed(tmp_path, fake):
+    reseeded = {"weights": {"ce": 1.0}, "recovery_seed_offset": 1000}
+    args = ["--seeds", "2", "--cells", "nni/digits/heavy", "--out", str(tmp_path)]
+    both = write(tmp_path, {"plain": {"weights": {"ce": 1.0}}, "reseeded": reseeded})
+    assert sweep.main([str(both), *args]) == 0
+    plain, again = fake.commands
+    assert "--recovery-seed" not in plain
+    assert again[-2:] == ["--recovery-seed", "1003"]  # the script's own is seed + 1
+    other = write(
+        tmp_path,
+        {"plain": {"weights": {"ce": 1.0}}, "reseeded": {**reseeded, "recovery_seed_offset": 7}},
+    )
+    assert sweep.main([str(other), *args]) == 0  # another offset under the name: run again
+    assert len(fake.commands) == 3 and fake.commands[-1][-2:] == ["--recovery-seed", "10"]
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "3"])
+def test_a_bad_recovery_seed_offset_is_refused_naming_it(tmp_path: Path, bad: object) -> None:
+    spec = {"weights": {"ce": 1.0}, "recovery_seed_offset": bad}
+    with pytest.raises(ConfigError, match="'r': recovery_seed_offset must be a whole number"):
+        sweep.settings_from_file(write(tmp_path, {"r": spec}))
+
+
+def test_the_scripts_recovery_seed() -> None:
+    from argparse import Namespace
+
+    from labelkeep_plugins.bench.scripts._benchdata import recovery_seed
+
+    assert recovery_seed(Namespace(seed=4, recovery_seed=None)) == 5
+    assert recovery_seed(Namespace(seed=4, recovery_seed=1005)) == 1005
+
+
 def test_the_scripts_recovery_optimizer() -> None:
     from argparse import Namespace
 
@@ -174,7 +207,8 @@ README_TEXT = (ROOT / "README.md").read_text(encoding="utf-8")
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=[p.name for p in SWEEP_FILES])
 def test_the_readme_sweep_files_are_valid_settings(path: Path) -> None:
     """Every settings file the README's sweep commands name loads; plain is plain recovery."""
-    configs = sweep.settings_from_file(path)
-    if "plain" in configs:
-        assert dict(configs["plain"].loss.weights) == {"ce": 1.0}
+    settings = sweep.settings_from_file(path)
+    if "plain" in settings:
+        assert dict(settings["plain"].config.loss.weights) == {"ce": 1.0}
+        assert settings["plain"].recovery_seed_offset == 0
     assert path.relative_to(ROOT).as_posix() in README_TEXT

@@ -16,6 +16,12 @@ two commits in two ``--out`` folders). ``--budget``
 multiplies the script's recovery epochs (the runs of each budget are kept apart).
 ``--optimizer sgd`` recovers with SGD (momentum 0.9, learning rate 1e-2) instead of the
 scripts' Adam, as many of the frameworks' own examples do (its runs are kept apart too).
+
+A setting's ``recovery_seed_offset`` (a whole number, 0 unless given) reseeds the recovery
+(its batches and pruning draws) while keeping the same reference: ``{"reseeded": {"weights":
+{"ce": 1.0}, "recovery_seed_offset": 1000}}`` against ``plain`` is the spread of plain
+recovery itself, a noise floor that, unlike the bench's perturbed row, follows another
+trajectory.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import json
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,29 +47,44 @@ from labelkeep_plugins.tuners.base import make_tuner
 
 RESULT_FILE = "figures.json"
 SETTINGS_FILE = "settings.json"  # the configuration the figures were measured with
+RESEED = "recovery_seed_offset"
 
 
-def settings_from_file(path: Path) -> dict[str, Config]:
-    """Each named setting as a configuration (validated before anything runs)."""
+@dataclass(frozen=True)
+class Setting:
+    """One named setting: labelkeep's configuration, and the recovery's seed offset."""
+
+    config: Config
+    recovery_seed_offset: int = 0  # 0: the scripts' own recovery seed (--seed + 1)
+
+
+def settings_from_file(path: Path) -> dict[str, Setting]:
+    """Each named setting (validated before anything runs)."""
     data = json.loads(path.read_text(encoding="utf-8"))
     if not isinstance(data, dict) or not data:
         raise ConfigError(f"{path}: expected a JSON object of name -> loss settings")
-    configs = {}
+    settings = {}
     for name, spec in data.items():
         if not isinstance(spec, dict):
             raise ConfigError(f"{path}: setting {name!r} must be a loss section (an object)")
-        loss = {key: value for key, value in spec.items() if key != "tuner"}
+        offset = spec.get(RESEED, 0)
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise ConfigError(
+                f"{path}: setting {name!r}: {RESEED} must be a whole number >= 0 (0 keeps the "
+                f"scripts' own recovery seed), got {offset!r}"
+            )
+        loss = {key: value for key, value in spec.items() if key not in ("tuner", RESEED)}
         config = Config(loss=LossConfig.from_value(loss), tuner=spec.get("tuner", "fixed"))
         try:  # an unknown term or tuner name fails here, before any run
             check_terms(config.loss)
             make_tuner(config)
         except ConfigError as exc:
             raise ConfigError(f"{path}: setting {name!r}: {exc}") from exc
-        configs[name] = config
-    return configs
+        settings[name] = Setting(config, offset)
+    return settings
 
 
-def _saved_figures(directory: Path, config: Config) -> dict[str, Any] | None:
+def _saved_figures(directory: Path, setting: Setting) -> dict[str, Any] | None:
     """The figures of a finished run of this very configuration, else None (run it).
 
     A setting renamed or edited in the settings file must not read back the figures of
@@ -73,22 +95,24 @@ def _saved_figures(directory: Path, config: Config) -> dict[str, Any] | None:
     if not saved.exists():
         return None
     settings = directory / SETTINGS_FILE
-    if settings.exists() and json.loads(settings.read_text(encoding="utf-8")) != _as_json(config):
+    if settings.exists() and json.loads(settings.read_text(encoding="utf-8")) != _as_json(setting):
         logger.info(f"sweep: {directory} ran another configuration under this name; rerunning")
         return None
     figures: dict[str, Any] = json.loads(saved.read_text(encoding="utf-8"))
     return figures
 
 
-def _as_json(config: Config) -> Any:
-    return json.loads(json.dumps(config.to_dict()))
+def _as_json(setting: Setting) -> Any:
+    """The configuration, with the seed offset only when there is one (as runs saved before)."""
+    data = json.loads(json.dumps(setting.config.to_dict()))
+    return {**data, RESEED: setting.recovery_seed_offset} if setting.recovery_seed_offset else data
 
 
 def run_one(
     cell: Cell,
     seed: int,
     name: str,
-    config: Config,
+    setting: Setting,
     out: Path,
     budget: int = 1,
     optimizer: str = OPTIMIZERS[0],
@@ -99,7 +123,7 @@ def run_one(
     )
     key = RunKey(f"{cell.key}{variant}", name, seed)
     directory = key.directory(out)
-    figures = _saved_figures(directory, config)
+    figures = _saved_figures(directory, setting)
     if figures is not None:
         return figures
     profile = PROFILES["default"]
@@ -116,10 +140,12 @@ def run_one(
     command = script_command(cell, [seed], "test", settings, out)
     if optimizer != OPTIMIZERS[0]:
         command += ["--optimizer", optimizer]
-    result = execute.execute_run(key, command, config, directory)
+    if setting.recovery_seed_offset:
+        command += ["--recovery-seed", str(seed + 1 + setting.recovery_seed_offset)]
+    result = execute.execute_run(key, command, setting.config, directory)
     figures = result.figures if result.ok else {"error": result.error}
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / SETTINGS_FILE).write_text(json.dumps(_as_json(config)), encoding="utf-8")
+    (directory / SETTINGS_FILE).write_text(json.dumps(_as_json(setting)), encoding="utf-8")
     (directory / RESULT_FILE).write_text(json.dumps(figures), encoding="utf-8")
     return figures
 
@@ -151,7 +177,7 @@ def summary_lines(
 
 
 def sweep(
-    configs: dict[str, Config],
+    configs: dict[str, Setting],
     cells: Sequence[Cell],
     seeds: Sequence[int],
     out: Path,

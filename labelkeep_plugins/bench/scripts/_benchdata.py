@@ -82,14 +82,26 @@ def pretrained(model: nn.Module, path: str | None, train: Callable[[], None], se
         _atomic_save(lambda f: torch.save(model.state_dict(), f), Path(path))
 
 
-def add_optimizer_args(parser: argparse.ArgumentParser) -> None:
-    """``--optimizer`` and ``--lr`` of the recovery (pretraining always uses Adam)."""
+def add_recovery_args(parser: argparse.ArgumentParser) -> None:
+    """``--optimizer``, ``--lr`` and ``--recovery-seed`` of the recovery (pretraining always
+    uses Adam, seeded by ``--seed``)."""
     parser.add_argument(
         "--optimizer", choices=OPTIMIZERS, default=OPTIMIZERS[0], help="recovery optimizer"
     )
     parser.add_argument(
         "--lr", type=float, help="recovery learning rate (default: 1e-3 Adam, 1e-2 SGD)"
     )
+    parser.add_argument(
+        "--recovery-seed",
+        type=int,
+        help="seed of the recovery's randomness (batches, pruning draws) after the reference "
+        "is trained or loaded (default: --seed + 1)",
+    )
+
+
+def recovery_seed(args: argparse.Namespace) -> int:
+    """Another recovery seed gives the same reference another recovery: the noise floor."""
+    return args.seed + 1 if args.recovery_seed is None else int(args.recovery_seed)
 
 
 def optimizer_spec(args: argparse.Namespace) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:

@@ -18,11 +18,12 @@ import torch
 from _benchdata import (
     DATASETS,
     SPLITS,
-    add_optimizer_args,
+    add_recovery_args,
     evaluate,
     load_data,
     pretrained,
     recovery_optimizer,
+    recovery_seed,
     train,
 )
 from brevitas.graph.calibrate import calibration_mode
@@ -87,7 +88,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--depth", type=int, default=2, help="hidden (conv) layers")
     parser.add_argument("--pretrain-epochs", type=int, default=20)
     parser.add_argument("--epochs", type=int, default=6, help="QAT epochs")
-    add_optimizer_args(parser)
+    add_recovery_args(parser)
     parser.add_argument("--weight-bits", type=int, default=2)
     parser.add_argument("--act-bits", type=int, default=4)
     parser.add_argument(
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
         train(model, data.train, criterion, optimizer, args.pretrain_epochs)
 
     pretrained(model, args.pretrained, pretrain, args.seed)
-    torch.manual_seed(args.seed + 1)  # the same batches whether trained or loaded
+    torch.manual_seed(recovery_seed(args))  # the same batches whether trained or loaded
     accuracy, _ = evaluate(model, data.evaluate)
     print(f"float model: {args.split} accuracy {accuracy:.4f}")
 

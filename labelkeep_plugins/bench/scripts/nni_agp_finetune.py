@@ -18,11 +18,12 @@ import torch.nn.functional as F
 from _benchdata import (
     DATASETS,
     SPLITS,
-    add_optimizer_args,
+    add_recovery_args,
     evaluate,
     load_data,
     pretrained,
     recovery_optimizer,
+    recovery_seed,
 )
 from nni.compression import TorchEvaluator
 from nni.compression.pruning import AGPPruner, TaylorPruner
@@ -86,7 +87,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=6, help="fine-tuning epochs after pruning")
     parser.add_argument("--prune-steps", type=int, default=25, help="steps per AGP round")
     parser.add_argument("--sparsity", type=float, default=0.75, help="conv channels removed")
-    add_optimizer_args(parser)
+    add_recovery_args(parser)
     parser.add_argument(
         "--pretrained", help="checkpoint to load, or to write after training ({seed}: the seed)"
     )
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
         training_model(model, optimizer, training_step, max_epochs=args.pretrain_epochs)
 
     pretrained(model, args.pretrained, pretrain, args.seed)
-    torch.manual_seed(args.seed + 1)  # the same batches whether trained or loaded
+    torch.manual_seed(recovery_seed(args))  # the same batches whether trained or loaded
     accuracy, _ = evaluate(model, data.evaluate)
     print(f"pretrained: {args.split} accuracy {accuracy:.4f}")
 

@@ -16,11 +16,12 @@ import torch_pruning as tp
 from _benchdata import (
     DATASETS,
     SPLITS,
-    add_optimizer_args,
+    add_recovery_args,
     evaluate,
     load_data,
     pretrained,
     recovery_optimizer,
+    recovery_seed,
     train,
 )
 from torch import nn
@@ -104,7 +105,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pretrain-epochs", type=int, default=20)
     parser.add_argument("--epochs", type=int, default=6, help="fine-tuning epochs after pruning")
     parser.add_argument("--pruning-ratio", type=float, default=0.8, help="channels removed")
-    add_optimizer_args(parser)
+    add_recovery_args(parser)
     parser.add_argument(
         "--pretrained", help="checkpoint to load, or to write after training ({seed}: the seed)"
     )
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
         fit(model, data.train, args.pretrain_epochs, torch.optim.Adam(model.parameters(), 3e-3))
 
     pretrained(model, args.pretrained, pretrain, args.seed)
-    torch.manual_seed(args.seed + 1)  # the same batches whether trained or loaded
+    torch.manual_seed(recovery_seed(args))  # the same batches whether trained or loaded
     accuracy, _ = evaluate(model, data.evaluate)
     print(f"pretrained: {args.split} accuracy {accuracy:.4f}")
 
