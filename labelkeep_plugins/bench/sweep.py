@@ -177,7 +177,7 @@ def summary_lines(
 
 
 def sweep(
-    configs: dict[str, Setting],
+    settings: dict[str, Setting],
     cells: Sequence[Cell],
     seeds: Sequence[int],
     out: Path,
@@ -187,13 +187,13 @@ def sweep(
 ) -> Results:
     """Every setting on every cell and seed; the first setting first (it trains the
     checkpoints the others load), the rest ``jobs`` at a time."""
-    first = next(iter(configs))
-    todo = [(cell, seed, name) for cell in cells for seed in seeds for name in configs]
+    first = next(iter(settings))
+    todo = [(cell, seed, name) for cell in cells for seed in seeds for name in settings]
     results: Results = {}
 
     def run_job(job: tuple[Cell, int, str]) -> dict[str, Any]:
         cell, seed, name = job
-        return run_one(cell, seed, name, configs[name], out, budget, optimizer)
+        return run_one(cell, seed, name, settings[name], out, budget, optimizer)
 
     with ThreadPoolExecutor(max(1, jobs)) as pool:
         for phase in ([j for j in todo if j[2] == first], [j for j in todo if j[2] != first]):
@@ -222,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     options = parser.parse_args(argv)
     try:
-        configs = settings_from_file(options.settings)
+        settings = settings_from_file(options.settings)
         valid = [cell.key for cell in CELLS]
         keys = parse_names([options.cells] if options.cells else None, valid, "cell")
         seeds = [int(seed) for seed in options.seeds.split(",")]
@@ -231,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     cells = [cell for cell in CELLS if not keys or cell.key in keys]
     results = sweep(
-        configs,
+        settings,
         cells,
         seeds,
         options.out,
@@ -240,8 +240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         options.optimizer,
     )
     cell_keys = [c.key for c in cells]
-    print("\n".join(summary_lines(results, cell_keys, list(configs), seeds)))
-    table = comparison_table(results, cell_keys, list(configs), seeds, options.baseline)
+    print("\n".join(summary_lines(results, cell_keys, list(settings), seeds)))
+    table = comparison_table(results, cell_keys, list(settings), seeds, options.baseline)
     if table:
         print("\n" + "\n".join(table))
     return 0

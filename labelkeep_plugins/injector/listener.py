@@ -14,7 +14,8 @@ from typing import Any
 
 TRAINING_STEP = "labelkeep_training_step"
 EVALUATION_BATCH = "labelkeep_evaluation_batch"
-EVENTS = (TRAINING_STEP, EVALUATION_BATCH)
+STUDENT_CHANGED = "labelkeep_student_changed"  # told by the session, not by a handle
+EVENTS = (TRAINING_STEP, EVALUATION_BATCH, STUDENT_CHANGED)
 
 
 class Events:

@@ -69,7 +69,7 @@ class CatchUpTuner(LiveTuner):
         self.gate = 0.0  # closed until the first measurement (module docstring)
         self.measured = False
         self.steps = 0
-        self.resets = 0  # pruning rounds that closed the gate again
+        self.resets = 0  # pruning rounds that closed a measured gate
         self.trajectory: list[dict[str, Any]] = []
         self._sums: torch.Tensor | None = None  # (student fit, reference fit, samples)
 
@@ -110,7 +110,8 @@ class CatchUpTuner(LiveTuner):
     @hookimpl
     def labelkeep_student_changed(self, student: nn.Module, where: str) -> None:
         """A pruning round: closed until the pruned student's first step is measured."""
-        self.resets += 1
+        if self.measured:  # torch-pruning tells each group of a step: count a gate closed
+            self.resets += 1
         self._sums = None
         self.measured = False
         if self.gate != 0.0:

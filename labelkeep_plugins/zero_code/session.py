@@ -171,11 +171,10 @@ class Session:
     def student_changed(self, student: nn.Module, where: str) -> None:
         """An adapter changed ``student``'s function between training steps (a pruning
         round): the tuner hears it first, as it hears the steps, then the plugins."""
-        student = unwrap_model(student)
-        tell = getattr(self.tuner, "labelkeep_student_changed", None)
-        if callable(tell):
-            tell(student=student, where=where)
-        self._hooks.labelkeep_student_changed(student=student, where=where)
+        from labelkeep_plugins.injector.listener import STUDENT_CHANGED, Events  # torch._dynamo
+
+        events = Events(self._hooks, self.tuner)  # as a handle tells its steps: the same dispatch
+        events.tell(STUDENT_CHANGED, student=unwrap_model(student), where=where)
 
     @contextmanager
     def guard(self, adapter: str) -> Iterator[None]:

@@ -101,7 +101,8 @@ def add_recovery_args(parser: argparse.ArgumentParser) -> None:
 
 def recovery_seed(args: argparse.Namespace) -> int:
     """Another recovery seed gives the same reference another recovery: the noise floor."""
-    return args.seed + 1 if args.recovery_seed is None else int(args.recovery_seed)
+    seed: int = args.seed + 1 if args.recovery_seed is None else args.recovery_seed
+    return seed
 
 
 def optimizer_spec(args: argparse.Namespace) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
